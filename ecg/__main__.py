@@ -1,0 +1,3 @@
+from ecg.cli import main
+
+raise SystemExit(main())

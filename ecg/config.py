@@ -1,0 +1,284 @@
+"""Pipeline YAML -> typed, frozen dataclasses.
+
+The YAML is parsed once, at the edge, into these dataclasses and passed down; nothing deeper reads
+files or environment variables. Every error names the file, the dotted key and what was expected,
+because a typo in a config should cost a user seconds, not a rerun of a 15-minute pipeline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from ecg.errors import ConfigError
+
+PHYSIONET_FILES_URL = "https://physionet.org/files/"
+"""PhysioNet's file index, the same base URL wfdb uses (``wfdb.io.download.PN_INDEX_URL``)."""
+
+
+def _check(condition: bool, key: str, expected: str) -> None:
+    if not condition:
+        raise _Invalid(key, expected)
+
+
+class _Invalid(ValueError):
+    def __init__(self, key: str, expected: str):
+        super().__init__(f"{key}: {expected}")
+        self.key = key
+        self.expected = expected
+
+
+@dataclass(frozen=True)
+class DownloadConfig:
+    """Where raw records come from and which of them a pipeline needs."""
+
+    database: Literal["mitdb", "ptbdb"]
+    version: str = "1.0.0"
+    records: tuple[str, ...] = ()
+    """Record subset (names as in the database's RECORDS file); empty means all."""
+    source: str | None = None
+    """A local folder with the database's files; when set, nothing is fetched from the network."""
+    mirror: str = PHYSIONET_FILES_URL
+    """Base URL of a server with PhysioNet's layout: ``<mirror>/<database>/<version>/<file>``."""
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 60.0
+    retries: int = 4
+    backoff_s: float = 0.5
+
+    def __post_init__(self) -> None:
+        _check(bool(self.version.strip()), "version", "a non-empty version such as '1.0.0'")
+        _check(self.connect_timeout_s > 0, "connect_timeout_s", "a positive number of seconds")
+        _check(self.read_timeout_s > 0, "read_timeout_s", "a positive number of seconds")
+        _check(self.retries >= 0, "retries", "zero or more retries")
+        _check(self.backoff_s >= 0, "backoff_s", "zero or more seconds")
+        _check(
+            self.mirror.startswith(("http://", "https://")),
+            "mirror",
+            "an http:// or https:// URL",
+        )
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """One pipeline: a name, where its data lives, and one section per stage."""
+
+    name: str
+    download: DownloadConfig
+    description: str = ""
+    data_dir: str = "data"
+    """Relative paths are resolved against the project root (the parent of ``pipelines/``)."""
+    root: Path = field(default=Path("."), metadata={"from_yaml": False})
+
+    @property
+    def data_path(self) -> Path:
+        return (self.root / self.data_dir).resolve()
+
+    def resolve(self, path: str) -> Path:
+        """A path from the config, relative to the project root unless absolute."""
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else (self.root / p).resolve()
+
+    def relative(self, path: Path) -> str:
+        """How a path is shown and stored: relative to the project root when it is inside it."""
+        try:
+            return path.resolve().relative_to(self.root.resolve()).as_posix()
+        except ValueError:
+            return str(path.resolve())
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def find_pipeline(name_or_path: str, search_from: Path | None = None) -> Path:
+    """A pipeline is named (``mitdb`` -> ``pipelines/mitdb.yaml``) or given as a path to a YAML."""
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml") or candidate.exists():
+        if not candidate.is_file():
+            raise ConfigError(f"{candidate}: no such pipeline file")
+        return candidate.resolve()
+    start = (search_from or Path.cwd()).resolve()
+    for folder in (start, *start.parents):
+        for suffix in (".yaml", ".yml"):
+            path = folder / "pipelines" / f"{name_or_path}{suffix}"
+            if path.is_file():
+                return path
+    raise ConfigError(
+        f"no pipeline named '{name_or_path}': looked for pipelines/{name_or_path}.yaml in "
+        f"{start} and its parents; give a path with --config FILE"
+    )
+
+
+def project_root(config_path: Path) -> Path:
+    """Paths in a pipeline are relative to the project, not to where the command was started."""
+    config_path = config_path.resolve()
+    if config_path.parent.name == "pipelines":
+        return config_path.parent.parent
+    return config_path.parent
+
+
+def load_config(path: Path, overrides: Sequence[str] = ()) -> PipelineConfig:
+    """Read a pipeline YAML, apply ``section.key=value`` overrides, and build the typed config."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {_one_line(exc)}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    raw.setdefault("name", path.stem)
+    for override in overrides:
+        apply_override(raw, override, path)
+    try:
+        config = build(PipelineConfig, raw, "")
+    except _Invalid as exc:
+        raise ConfigError(f"{path}: {exc.key}: {exc.expected}") from None
+    return dataclasses.replace(config, root=project_root(path))
+
+
+def apply_override(raw: dict, override: str, path: Path) -> None:
+    """``--set section.key=value``, the value read as YAML: ``128`` is an int, ``[a, b]`` a list."""
+    key, sep, text = override.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set {override}: expected section.key=value")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{path}: --set {key}: '{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def to_dict(config: Any) -> Any:
+    """The config as plain YAML-able data (the inverse of ``build``), for stamps and MLflow."""
+    if dataclasses.is_dataclass(config):
+        return {
+            f.name: to_dict(getattr(config, f.name))
+            for f in dataclasses.fields(config)
+            if f.metadata.get("from_yaml", True)
+        }
+    if isinstance(config, tuple):
+        return [to_dict(v) for v in config]
+    return config
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``: how params are named in stamps and in MLflow."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+# --------------------------------------------------------------------------- typed building
+
+
+def build(cls: type, data: Any, key: str) -> Any:
+    """Build dataclass ``cls`` from YAML data, checking keys and types against its annotations."""
+    where = key or "top level"
+    if not isinstance(data, Mapping):
+        raise _Invalid(where, f"expected a section (a mapping), got {_describe(data)}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.metadata.get("from_yaml", True)}
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        name = f"{key}.{unknown[0]}" if key else str(unknown[0])
+        raise _Invalid(name, f"unknown key (expected one of: {', '.join(fields)})")
+    hints = get_type_hints(cls)
+    values = {}
+    for name, f in fields.items():
+        dotted = f"{key}.{name}" if key else name
+        if name in data:
+            values[name] = _coerce(hints[name], data[name], dotted)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise _Invalid(dotted, "missing required key")
+    try:
+        return cls(**values)
+    except _Invalid as exc:
+        raise _Invalid(f"{key}.{exc.key}" if key else exc.key, exc.expected) from None
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    origin = get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return build(hint, value, key)
+    if origin in (Union, types.UnionType):
+        options = get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(option, value, key)
+            except _Invalid as exc:
+                errors.append(exc.expected)
+        raise _Invalid(key, " or ".join(errors))
+    if origin is Literal:
+        choices = get_args(hint)
+        if value not in choices:
+            allowed = ", ".join(repr(c) for c in choices)
+            raise _Invalid(key, f"expected one of {allowed}, got {value!r}")
+        return value
+    if origin is tuple:
+        item_hint = get_args(hint)[0]
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if value is None:
+            value = []
+        if not isinstance(value, list | tuple):
+            raise _Invalid(key, f"expected a list, got {_describe(value)}")
+        # Record names such as 100 are numbers in YAML but names to us.
+        if item_hint is str:
+            value = [str(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
+        return tuple(_coerce(item_hint, v, f"{key}[{i}]") for i, v in enumerate(value))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise _Invalid(key, f"expected true or false, got {_describe(value)}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _Invalid(key, f"expected an integer, got {_describe(value)}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _Invalid(key, f"expected a number, got {_describe(value)}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise _Invalid(key, f"expected a string, got {_describe(value)}")
+        return value
+    if hint is typing.Any:
+        return value
+    raise TypeError(f"config field {key} has an unsupported type {hint!r}")
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    return f"{type(value).__name__} {value!r}"
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
