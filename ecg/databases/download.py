@@ -81,6 +81,7 @@ class _VerifiedFiles:
 
     def __init__(self, cache: Path):
         self.path = cache / _VERIFIED
+        self.changed = False
         try:
             self.entries: dict[str, dict] = json.loads(self.path.read_text())
         except (OSError, ValueError):
@@ -109,9 +110,16 @@ class _VerifiedFiles:
             "sha256": sha,
             "by": by,
         }
+        self.changed = True
 
     def save(self) -> None:
-        write_text_atomic(self.path, json.dumps(self.entries, indent=0, sort_keys=True))
+        if self.changed:
+            write_text_atomic(self.path, json.dumps(self.entries, indent=0, sort_keys=True))
+            self.changed = False
+
+
+class _Absent(Exception):
+    """The source does not have this file."""
 
 
 class _Downloader:
@@ -172,29 +180,43 @@ class _Downloader:
                 sha, by = self._verify(dest, rel, kind, header, expected, by)
             except VerificationError as exc:
                 log.info("%s: not trusted (%s); fetching it again", rel, exc)
-                dest.unlink()
+                dest.unlink(missing_ok=True)
             else:
                 self.verified.add(rel, dest, sha, by)
                 self.result.verified_by[by] += 1
                 return sha
         dest.parent.mkdir(parents=True, exist_ok=True)
         part = dest.with_name(dest.name + ".part")
-        if not self.source.fetch(rel, part, self._count_bytes):
+        resumed = part.exists()
+        try:
+            sha, by = self._fetch(rel, part, dest, kind, header, expected, by)
+        except VerificationError:
+            if not resumed:
+                raise
+            # The .part we resumed may not have been a prefix of this file: start over once.
+            part.unlink(missing_ok=True)
+            sha, by = self._fetch(rel, part, dest, kind, header, expected, by)
+        except _Absent:
             if optional:
                 return None
-            raise EcgError(f"{self.source.description} has no file {rel}")
-        if expected:
-            self._check_hash(part, rel, expected, by)
-        os.replace(part, dest)
-        try:
-            sha, by = self._verify(dest, rel, kind, header, expected, by)
-        except VerificationError:
-            dest.unlink(missing_ok=True)
-            raise
+            raise EcgError(f"{self.source.description} has no file {rel}") from None
         self.verified.add(rel, dest, sha, by)
         self.result.verified_by[by] += 1
         self.result.fetched_files += 1
         return sha
+
+    def _fetch(self, rel, part, dest, kind, header, expected, by) -> tuple[str, str]:
+        """Fetch into ``part``, check it, and only then give it its real name."""
+        if not self.source.fetch(rel, part, self._count_bytes):
+            raise _Absent(rel)
+        if expected:
+            self._check_hash(part, rel, expected, by)
+        os.replace(part, dest)
+        try:
+            return self._verify(dest, rel, kind, header, expected, by)
+        except VerificationError:
+            dest.unlink(missing_ok=True)
+            raise
 
     def _verify(self, path, rel, kind, header, expected, by) -> tuple[str, str]:
         if expected:
@@ -270,8 +292,8 @@ def make_source(config: PipelineConfig) -> Source:
 def fetch_database(cfg: DownloadConfig, source: Source, cache: Path) -> DownloadResult:
     """Bring the records of ``cfg`` into ``cache``, verified; skip what is already verified."""
     db = database(cfg.database)
-    cache.mkdir(parents=True, exist_ok=True)
-    with file_lock(cache / ".lock", f"a download into {cache}", wait=True):
+    # The lock sits beside the cache so that a failed first contact leaves the cache untouched.
+    with file_lock(cache.parent / f".{cache.name}.lock", f"a download into {cache}", wait=True):
         try:
             loader = _Downloader(db, cfg.version, source, cache)
             names = record_names(source, cfg.records)

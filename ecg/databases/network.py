@@ -20,7 +20,7 @@ import requests
 from ecg import __version__
 from ecg.errors import EcgError, SourceUnreachable
 
-_CHUNK = 1 << 16
+_CHUNK = 1 << 14
 _RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
 
 

@@ -1,0 +1,120 @@
+"""Pipeline YAML -> typed frozen config: errors name the file, the key and what was expected."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from ecg.config import find_pipeline, flatten, load_config, to_dict
+from ecg.errors import ConfigError
+
+from conftest import write_pipeline
+
+REPO = Path(__file__).resolve().parent.parent
+GOOD = "download:\n  database: mitdb\n  version: 1.0.0\n"
+
+
+@pytest.mark.parametrize("name", ["mitdb", "ptbdb", "smoke"])
+def test_shipped_pipelines_load(name):
+    config = load_config(REPO / "pipelines" / f"{name}.yaml")
+    assert config.name == name
+    assert config.root == REPO
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.name = "other"
+
+
+def test_unknown_key_names_file_key_and_the_keys_it_could_be(tmp_path):
+    path = write_pipeline(tmp_path, "p", GOOD + "  verison: 2\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert str(path) in message
+    assert "download.verison: unknown key" in message
+    assert "version" in message.split("expected one of:")[1]
+
+
+def test_unknown_section_is_an_error(tmp_path):
+    path = write_pipeline(tmp_path, "p", GOOD + "trian:\n  epochs: 3\n")
+    with pytest.raises(ConfigError, match="trian: unknown key"):
+        load_config(path)
+
+
+def test_wrong_type_says_what_was_expected(tmp_path):
+    path = write_pipeline(tmp_path, "p", GOOD + "  retries: four\n")
+    expected = r"download\.retries: expected an integer, got str 'four'"
+    with pytest.raises(ConfigError, match=expected):
+        load_config(path)
+
+
+def test_impossible_value_is_an_error(tmp_path):
+    path = write_pipeline(tmp_path, "p", GOOD + "  retries: -1\n")
+    with pytest.raises(ConfigError, match=r"p\.yaml: download\.retries: zero or more retries"):
+        load_config(path)
+
+
+def test_unknown_database_lists_the_supported_ones(tmp_path):
+    path = write_pipeline(tmp_path, "p", "download:\n  database: mimic\n")
+    with pytest.raises(ConfigError, match=r"download\.database: expected one of 'mitdb', 'ptbdb'"):
+        load_config(path)
+
+
+def test_missing_required_key(tmp_path):
+    path = write_pipeline(tmp_path, "p", "download:\n  version: 1.0.0\n")
+    with pytest.raises(ConfigError, match=r"download\.database: missing required key"):
+        load_config(path)
+
+
+def test_yaml_syntax_error_names_the_file(tmp_path):
+    path = write_pipeline(tmp_path, "p", "download: [\n")
+    with pytest.raises(ConfigError, match="p.yaml: not valid YAML"):
+        load_config(path)
+
+
+def test_set_overrides_a_value_with_its_yaml_type(tmp_path):
+    path = write_pipeline(tmp_path, "p", GOOD)
+    config = load_config(path, ["download.retries=7", "download.records=100,101"])
+    assert config.download.retries == 7
+    assert config.download.records == ("100", "101")
+
+
+def test_set_with_a_wrong_type_is_an_error(tmp_path):
+    path = write_pipeline(tmp_path, "p", GOOD)
+    with pytest.raises(ConfigError, match="download.read_timeout_s: expected a number"):
+        load_config(path, ["download.read_timeout_s=soon"])
+
+
+def test_set_without_equals_is_an_error(tmp_path):
+    path = write_pipeline(tmp_path, "p", GOOD)
+    with pytest.raises(ConfigError, match="expected section.key=value"):
+        load_config(path, ["download.retries"])
+
+
+def test_record_numbers_in_yaml_become_names(tmp_path):
+    path = write_pipeline(tmp_path, "p", GOOD + "  records: [100, 201]\n")
+    assert load_config(path).download.records == ("100", "201")
+
+
+def test_paths_are_relative_to_the_project_not_the_working_directory(tmp_path, monkeypatch):
+    path = write_pipeline(tmp_path, "p", GOOD)
+    monkeypatch.chdir(REPO)
+    config = load_config(path)
+    assert config.data_path == tmp_path / "data"
+
+
+def test_pipeline_found_by_name_from_a_subfolder(tmp_path, monkeypatch):
+    path = write_pipeline(tmp_path, "p", GOOD)
+    (tmp_path / "deep" / "er").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "deep" / "er")
+    assert find_pipeline("p") == path
+    with pytest.raises(ConfigError, match="no pipeline named 'q'"):
+        find_pipeline("q")
+
+
+def test_flattened_config_names_every_param():
+    config = load_config(REPO / "pipelines" / "mitdb.yaml")
+    flat = flatten(to_dict(config))
+    assert flat["download.database"] == "mitdb"
+    assert flat["download.records"] == []
+    assert "root" not in flat
