@@ -49,7 +49,7 @@ class DownloadConfig:
     """Base URL of a server with PhysioNet's layout: ``<mirror>/<database>/<version>/<file>``."""
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 60.0
-    retries: int = 4
+    retries: int = 3
     backoff_s: float = 0.5
 
     def __post_init__(self) -> None:
@@ -66,15 +66,126 @@ class DownloadConfig:
 
 
 @dataclass(frozen=True)
+class SignalConfig:
+    """Filtering and resampling, applied to each record before it is cut into pieces."""
+
+    leads: tuple[str, ...] = ("MLII",)
+    """Lead names as in the headers (MIT-BIH: MLII, V1; PTB: i ii iii avr avl avf v1-v6)."""
+    fs: float = 128.0
+    """Target sampling rate in Hz; a beat at 128 Hz is about 90 samples."""
+    bandpass_hz: tuple[float, ...] = (0.5, 40.0)
+    filter_order: int = 2
+    """Butterworth order; run forward and backward, the effective order is twice this."""
+    notch_hz: float | None = None
+    """Mains frequency to remove (50 or 60), or nothing."""
+    baseline: Literal["none", "median"] = "none"
+    """Extra baseline-wander removal after the band-pass (two median filters)."""
+    max_nan_fraction: float = 0.05
+    """A lead with more missing samples than this is dropped; fewer are interpolated."""
+    workers: int = 2
+    """Processes reading and filtering records in parallel."""
+
+    def __post_init__(self) -> None:
+        _check(len(self.leads) >= 1, "leads", "at least one lead name")
+        _check(self.fs > 0, "fs", "a positive sampling rate in Hz")
+        _check(
+            len(self.bandpass_hz) == 2 and 0 < self.bandpass_hz[0] < self.bandpass_hz[1],
+            "bandpass_hz",
+            "[low, high] with 0 < low < high",
+        )
+        _check(
+            self.bandpass_hz[1] < self.fs / 2,
+            "bandpass_hz",
+            f"a high edge below half the target rate ({self.fs / 2:g} Hz), or the "
+            "downsampled signal aliases",
+        )
+        _check(1 <= self.filter_order <= 8, "filter_order", "an order between 1 and 8")
+        _check(
+            self.notch_hz is None or self.notch_hz > 0,
+            "notch_hz",
+            "a mains frequency in Hz (50 or 60) or null",
+        )
+        _check(0 <= self.max_nan_fraction < 1, "max_nan_fraction", "a fraction in [0, 1)")
+        _check(self.workers >= 1, "workers", "one or more processes")
+
+
+@dataclass(frozen=True)
+class SegmentConfig:
+    """How records become labelled pieces: beats around R peaks, or sliding windows."""
+
+    task: Literal["aami", "mi_vs_healthy", "disease_vs_healthy"] = "aami"
+    kind: Literal["beats", "windows"] = "beats"
+    pre_s: float = 0.25
+    """Beats: seconds kept before the R peak."""
+    post_s: float = 0.45
+    """Beats: seconds kept after the R peak."""
+    r_peaks: Literal["reference", "xqrs", "gqrs"] = "reference"
+    """Beats: reference annotations (MIT-BIH .atr) or R peaks found by a wfdb detector."""
+    detector_lead: str = "ii"
+    """Lead the R-peak detector runs on."""
+    rr_local_beats: int = 10
+    rr_average_s: float = 300.0
+    window_s: float = 2.56
+    """Windows: length in seconds."""
+    stride_s: float = 2.56
+    """Windows: step between window starts in seconds."""
+
+    def __post_init__(self) -> None:
+        _check(self.pre_s >= 0 and self.post_s > 0, "post_s", "pre_s >= 0 and post_s > 0")
+        _check(self.rr_local_beats >= 1, "rr_local_beats", "one or more beats")
+        _check(self.rr_average_s > 0, "rr_average_s", "a positive number of seconds")
+        _check(self.window_s > 0, "window_s", "a positive number of seconds")
+        _check(self.stride_s > 0, "stride_s", "a positive number of seconds")
+        _check(
+            self.task != "aami" or (self.kind == "beats" and self.r_peaks == "reference"),
+            "task",
+            "aami labels come from reference beat annotations: kind beats, r_peaks reference",
+        )
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """Which patients train, validate and test. Always by patient, never by beat or record."""
+
+    protocol: Literal["dechazal", "dechazal-strict", "kfold"] = "dechazal"
+    """dechazal: DS1 train / DS2 test (de Chazal 2004); dechazal-strict: without record 202,
+    the same subject as 201 in DS1; kfold: stratified k-fold grouped by patient."""
+    folds: int = 5
+    val_fraction: float = 0.2
+    """Share of the training patients held out for validation (model selection)."""
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.folds >= 2, "folds", "two or more folds")
+        _check(0 < self.val_fraction < 1, "val_fraction", "a fraction in (0, 1)")
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     """One pipeline: a name, where its data lives, and one section per stage."""
 
     name: str
     download: DownloadConfig
+    signal: SignalConfig = field(default_factory=SignalConfig)
+    segment: SegmentConfig = field(default_factory=SegmentConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
     description: str = ""
     data_dir: str = "data"
     """Relative paths are resolved against the project root (the parent of ``pipelines/``)."""
     root: Path = field(default=Path("."), metadata={"from_yaml": False})
+
+    def __post_init__(self) -> None:
+        mitdb = self.download.database == "mitdb"
+        _check(
+            (self.segment.task == "aami") == mitdb,
+            "segment.task",
+            "aami for mitdb; mi_vs_healthy or disease_vs_healthy for ptbdb",
+        )
+        _check(
+            mitdb or self.split.protocol == "kfold",
+            "split.protocol",
+            "kfold: the de Chazal protocols are defined on MIT-BIH records",
+        )
 
     @property
     def data_path(self) -> Path:

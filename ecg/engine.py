@@ -13,6 +13,7 @@ so a killed stage never leaves an output that looks complete.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import logging
@@ -53,13 +54,22 @@ class StageContext:
 @dataclass(frozen=True)
 class Stage:
     name: str
-    run: Callable[[StageContext], None]
+    run: str
+    """``module:function`` of the stage function, imported only when the stage runs, so that
+    ``ecg status`` does not pay for importing torch or mlflow."""
     params: tuple[str, ...]
     """Dotted config paths: a whole section (``download``) or one key (``download.version``)."""
     upstream: tuple[str, ...] = ()
     code: tuple[str, ...] = ()
     """Module names whose source is part of the fingerprint."""
     help: str = ""
+
+    @property
+    def module(self) -> str:
+        return self.run.partition(":")[0]
+
+    def function(self) -> Callable[[StageContext], None]:
+        return getattr(importlib.import_module(self.module), self.run.partition(":")[2])
 
 
 @dataclass(frozen=True)
@@ -130,7 +140,7 @@ class Engine:
 
     def _code_digests(self, stage: Stage) -> dict[str, str]:
         digests = {}
-        for module in (stage.run.__module__, *stage.code):
+        for module in (stage.module, *stage.code):
             spec = importlib.util.find_spec(module)
             if spec is None or spec.origin is None:
                 raise ValueError(f"stage {stage.name}: cannot find the source of {module}")
@@ -252,7 +262,7 @@ class Engine:
         started = time.perf_counter()
         try:
             fingerprint = self._current(stage)
-            stage.run(ctx)
+            stage.function()(ctx)
             self.stamp_path(stage.name).unlink(missing_ok=True)
             old = self.work_dir / f".{stage.name}.old-{os.getpid()}"
             if final.exists():

@@ -6,18 +6,39 @@ Every pipeline (mitdb, ptbdb, smoke) has the same stages; what differs is its co
 from __future__ import annotations
 
 from ecg.config import PipelineConfig
-from ecg.databases.download import download_stage
 from ecg.engine import Engine, Stage
 
 STAGES: tuple[Stage, ...] = (
     Stage(
         name="download",
-        run=download_stage,
+        run="ecg.databases.download:download_stage",
         # Where the files come from (source, mirror, timeouts) is not a param: verified files
         # are the same files whichever way they arrived.
         params=("download.database", "download.version", "download.records"),
         code=("ecg.databases.catalog", "ecg.databases.wfdb_io"),
         help="fetch a database's records into the local cache and verify every file",
+    ),
+    Stage(
+        name="preprocess",
+        run="ecg.preprocess:preprocess_stage",
+        # signal.workers changes how fast, not what: it is no param.
+        params=(
+            "download.database", "signal.leads", "signal.fs", "signal.bandpass_hz",
+            "signal.filter_order", "signal.notch_hz", "signal.baseline",
+            "signal.max_nan_fraction", "segment",
+        ),
+        upstream=("download",),
+        code=("ecg.signal", "ecg.segment", "ecg.labels", "ecg.databases.wfdb_io",
+              "ecg.databases.subjects"),
+        help="filter, resample, cut beats or windows and label them",
+    ),
+    Stage(
+        name="split",
+        run="ecg.split:split_stage",
+        params=("split",),
+        upstream=("preprocess",),
+        code=("ecg.databases.subjects",),
+        help="assign patients to train, validation and test (or folds)",
     ),
 )
 

@@ -218,3 +218,18 @@ def test_pinned_hash_beats_a_lying_sha256sums(mirror, fixtures, tmp_path):
     (folder / "SHA256SUMS.txt").write_text(sums)  # the fixture's hashes, not PhysioNet's
     with pytest.raises(VerificationError, match="pinned in this project"):
         _download(mirror, tmp_path / "cache", version="1.0.0", records=["100"])
+
+
+def test_a_verified_cache_is_used_when_the_source_is_unreachable(
+    mirror, fixtures, closed_port_url, tmp_path
+):
+    mirror.publish(fixtures / "mitdb", "mitdb", "fixtures")
+    cache = tmp_path / "cache"
+    _download(mirror, cache)
+    cfg = DownloadConfig(database="mitdb", version="fixtures")
+    offline = HttpSource(closed_port_url, "mitdb", "fixtures", FAST)
+    result = fetch_database(cfg, offline, cache)
+    assert result.already_verified == 36 and result.fetched_files == 0
+    (cache / "100.dat").unlink()
+    with pytest.raises(SourceUnreachable, match=r"100\.dat is not in the cache, and could not"):
+        fetch_database(cfg, offline, cache)

@@ -39,9 +39,9 @@ def broken(ctx):
 
 
 STAGES = (
-    Stage("first", first, params=("download.version",)),
-    Stage("second", second, params=(), upstream=("first",)),
-    Stage("third", third, params=("download.retries",), upstream=("second",)),
+    Stage("first", f"{__name__}:first", params=("download.version",)),
+    Stage("second", f"{__name__}:second", params=(), upstream=("first",)),
+    Stage("third", f"{__name__}:third", params=("download.retries",), upstream=("second",)),
 )
 
 
@@ -114,16 +114,16 @@ def test_code_change_makes_a_stage_stale(tmp_path):
     engine = _engine(tmp_path)
     engine.run()
     stamp = json.loads(engine.stamp_path("first").read_text())
-    stamp["code"][first.__module__] = "0" * 64
+    stamp["code"][__name__] = "0" * 64
     engine.stamp_path("first").write_text(json.dumps(stamp))
     status = {s.name: s for s in _engine(tmp_path).status()}
-    assert status["first"].reasons == (f"code changed: {first.__module__}",)
+    assert status["first"].reasons == (f"code changed: {__name__}",)
 
 
 def test_a_crashing_stage_leaves_no_output_and_no_stamp(tmp_path):
     stages = (
-        Stage("first", first, params=("download.version",)),
-        Stage("broken", broken, params=(), upstream=("first",)),
+        Stage("first", f"{__name__}:first", params=("download.version",)),
+        Stage("broken", f"{__name__}:broken", params=(), upstream=("first",)),
     )
     engine = _engine(tmp_path, stages=stages)
     with pytest.raises(RuntimeError, match="stage crashed"):
@@ -138,7 +138,7 @@ def test_a_crash_keeps_the_previous_complete_output(tmp_path):
     engine = _engine(tmp_path)
     engine.run()
     before = (engine.out_dir("first") / "value.txt").read_text()
-    stages = (Stage("first", broken, params=("download.version",)),)
+    stages = (Stage("first", f"{__name__}:broken", params=("download.version",)),)
     with pytest.raises(RuntimeError):
         _engine(tmp_path, version="9", stages=stages).run(force=["first"])
     assert (engine.out_dir("first") / "value.txt").read_text() == before

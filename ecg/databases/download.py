@@ -37,6 +37,8 @@ log = logging.getLogger("ecg")
 
 MANIFEST = "records.json"
 _VERIFIED = ".ecg-verified.json"
+_RECORD_LIST = ".ecg-records"
+"""The record list of the last full download, so a verified cache can be checked offline."""
 _NAME_PART = re.compile(r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]*$")
 
 
@@ -259,6 +261,27 @@ class _Downloader:
             self.bar.set_postfix_str(f"{_size(self.result.fetched_bytes)} fetched", refresh=False)
 
 
+class CachedCopy:
+    """The cache standing in for an unreachable source: it vouches only for verified files."""
+
+    is_local = True
+
+    def __init__(self, cache: Path, offline_message: str):
+        self.cache = cache
+        self.description = f"verified cache {cache}"
+        self.offline_message = offline_message
+
+    def read_text(self, name: str) -> str | None:
+        path = self.cache / (_RECORD_LIST if name == "RECORDS" else name)
+        return path.read_text() if name == "RECORDS" and path.is_file() else None
+
+    def fetch(self, name: str, part: Path, on_bytes) -> bool:
+        raise SourceUnreachable(f"{name} is not in the cache, and {self.offline_message}")
+
+    def list_headers(self) -> list[str] | None:
+        return None
+
+
 def record_names(source: Source, subset: tuple[str, ...]) -> list[str]:
     """The records to fetch: the subset asked for, else the source's RECORDS file."""
     if subset:
@@ -298,7 +321,17 @@ def fetch_database(cfg: DownloadConfig, source: Source, cache: Path) -> Download
             loader = _Downloader(db, cfg.version, source, cache)
             names = record_names(source, cfg.records)
         except SourceUnreachable as exc:
-            raise SourceUnreachable(_offline_message(cfg, source, exc)) from None
+            message = _offline_message(cfg, source, exc)
+            if not (cache / _RECORD_LIST).is_file():
+                raise SourceUnreachable(message) from None
+            # Everything may already be here and verified: check it without the network.
+            log.info("%s; checking the verified cache instead", message.split(". ")[0])
+            source = CachedCopy(cache, message)
+            loader = _Downloader(db, cfg.version, source, cache)
+            names = record_names(source, cfg.records)
+        if not cfg.records and not isinstance(source, CachedCopy):
+            cache.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(cache / _RECORD_LIST, "".join(f"{n}\n" for n in names))
         loader.bar = tqdm(
             total=len(names), unit="rec", desc=f"{db.name} {cfg.version}", disable=None, leave=False
         )
@@ -318,7 +351,7 @@ def _offline_message(cfg: DownloadConfig, source: Source, exc: Exception) -> str
     return (
         f"could not reach {where} ({exc}). Use a local copy with --source DIR "
         f"(a folder holding {cfg.database}'s RECORDS, .hea, .dat files), or another server "
-        f"with --mirror URL. Nothing was written."
+        f"with --mirror URL"
     )
 
 

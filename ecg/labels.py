@@ -1,0 +1,78 @@
+"""Class labels: the AAMI EC57 beat classes for MIT-BIH, and the PTB diagnostic tasks.
+
+AAMI EC57 (ANSI/AAMI EC57:2012) groups MIT-BIH beat annotations into five classes:
+
+    N  normal and bundle-branch-block beats, escapes   N L R e j
+    S  supraventricular ectopic beats                   A a J S
+    V  ventricular ectopic beats                        V E
+    F  fusion of ventricular and normal beats           F
+    Q  paced, fusion of paced and normal, unclassified  / f Q
+
+Every other MIT-BIH annotation (rhythm changes ``+``, noise ``~``, artefacts ``|``, comments
+``"``, non-conducted P waves ``x``, flutter waves ``!``, ventricular flutter ``[ ]``, ...) marks no
+beat and is skipped. A symbol that is in neither list is reported, never guessed.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+import numpy as np
+
+AAMI_CLASSES = ("N", "S", "V", "F", "Q")
+
+AAMI_EC57 = {
+    "N": "N", "L": "N", "R": "N", "e": "N", "j": "N",
+    "A": "S", "a": "S", "J": "S", "S": "S",
+    "V": "V", "E": "V",
+    "F": "F",
+    "/": "Q", "f": "Q", "Q": "Q",
+}  # fmt: skip
+
+# Annotation codes of the WFDB standard that mark no beat (wfdb.io.annotation's label table).
+NON_BEAT_SYMBOLS = frozenset('+~|x![]"=p^tu`\'s*D@T()')
+
+# PTB Diagnostic ECG Database: the "Reason for admission" of the header.
+PTB_HEALTHY = "Healthy control"
+PTB_MI = "Myocardial infarction"
+PTB_TASKS = {
+    "mi_vs_healthy": ("healthy", "MI"),
+    "disease_vs_healthy": ("healthy", "disease"),
+}
+
+
+def classes_for(task: str) -> tuple[str, ...]:
+    if task == "aami":
+        return AAMI_CLASSES
+    return PTB_TASKS[task]
+
+
+def aami_labels(symbols: Sequence[str]) -> tuple[np.ndarray, Counter, Counter]:
+    """AAMI class of each annotation, or '' where it is not a beat.
+
+    Returns the classes, the count of non-beat annotations by symbol, and the count of symbols
+    that are neither (to be reported: an unknown symbol is never given a class).
+    """
+    classes = np.array([AAMI_EC57.get(s, "") for s in symbols], dtype="<U1")
+    non_beat: Counter = Counter()
+    unknown: Counter = Counter()
+    for symbol, cls in zip(symbols, classes, strict=True):
+        if cls:
+            continue
+        if symbol in NON_BEAT_SYMBOLS:
+            non_beat[symbol] += 1
+        else:
+            unknown[symbol] += 1
+    return classes, non_beat, unknown
+
+
+def ptb_label(diagnosis: str | None, task: str) -> str | None:
+    """Class of a PTB record under ``task``; None when the record takes no part in it."""
+    if diagnosis is None:
+        return None
+    if task == "mi_vs_healthy":
+        return {PTB_HEALTHY: "healthy", PTB_MI: "MI"}.get(diagnosis)
+    if task == "disease_vs_healthy":
+        return "healthy" if diagnosis == PTB_HEALTHY else "disease"
+    raise ValueError(f"unknown PTB task {task!r}")

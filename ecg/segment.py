@@ -1,0 +1,83 @@
+"""Cut signals into fixed-length pieces: windows around beats, or sliding windows.
+
+Fixed lengths let batches go to the BiLSTM without padding or packing (measured on CPU: packed
+variable-length sequences cost far more than they save). A beat whose window would reach past
+either end of its record is dropped and counted, never padded.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+RR_FEATURES = (
+    "pre_rr", "post_rr", "local_rr", "average_rr",
+    "pre_over_local", "post_over_local", "pre_over_average", "post_over_average",
+    "local_over_average",
+)  # fmt: skip
+
+
+def beat_windows(
+    x: np.ndarray, centers: np.ndarray, before: int, after: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Windows ``x[c - before : c + after]`` around each centre, shape (beats, time, leads).
+
+    Returns the windows of the beats that fit, and the boolean mask of those beats.
+    """
+    centers = np.asarray(centers, dtype=np.int64)
+    keep = (centers - before >= 0) & (centers + after <= len(x))
+    offsets = np.arange(-before, after)
+    index = centers[keep, None] + offsets[None, :]
+    return x[index], keep
+
+
+def sliding_windows(x: np.ndarray, length: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
+    """Windows of ``length`` samples every ``stride`` samples; a short tail is dropped.
+
+    Returns the windows (windows, time, leads) and their start samples.
+    """
+    if len(x) < length:
+        return np.empty((0, length, x.shape[1]), dtype=x.dtype), np.empty(0, dtype=np.int64)
+    starts = np.arange(0, len(x) - length + 1, stride, dtype=np.int64)
+    index = starts[:, None] + np.arange(length)[None, :]
+    return x[index], starts
+
+
+def rr_features(
+    r_samples: np.ndarray, fs: float, local_beats: int = 10, average_s: float = 300.0
+) -> dict[str, np.ndarray]:
+    """RR-interval features of each beat, in seconds and as ratios.
+
+    Across patients an S beat looks normal; what gives it away is that it comes early for *this*
+    patient's rhythm. So besides the previous and next RR (``pre_rr``, ``post_rr``) we keep the
+    mean of the last ``local_beats`` RR intervals (``local_rr``) and the mean RR over a window of
+    ``average_s`` seconds centred on the beat (``average_rr``, as de Chazal et al. 2004 do over
+    +-5 min), and the ratios that normalise a beat's timing by the patient's own rhythm.
+
+    The first beat has no previous RR and the last no next RR: each borrows the other.
+    """
+    r = np.asarray(r_samples, dtype=np.float64) / fs
+    n = len(r)
+    if n < 2:
+        nan = np.full(n, np.nan)
+        return {name: nan.copy() for name in RR_FEATURES}
+    rr = np.diff(r)
+    pre = np.concatenate([[rr[0]], rr])
+    post = np.concatenate([rr, [rr[-1]]])
+    cumulative = np.concatenate([[0.0], np.cumsum(pre)])
+    first = np.maximum(np.arange(n) - local_beats + 1, 0)
+    local = (cumulative[np.arange(n) + 1] - cumulative[first]) / (np.arange(n) + 1 - first)
+    half = average_s / 2
+    lo = np.searchsorted(r, r - half, side="left")
+    hi = np.searchsorted(r, r + half, side="right")
+    average = (cumulative[hi] - cumulative[lo]) / np.maximum(hi - lo, 1)
+    return {
+        "pre_rr": pre,
+        "post_rr": post,
+        "local_rr": local,
+        "average_rr": average,
+        "pre_over_local": pre / local,
+        "post_over_local": post / local,
+        "pre_over_average": pre / average,
+        "post_over_average": post / average,
+        "local_over_average": local / average,
+    }
