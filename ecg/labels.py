@@ -31,7 +31,7 @@ AAMI_EC57 = {
 }  # fmt: skip
 
 # Annotation codes of the WFDB standard that mark no beat (wfdb.io.annotation's label table).
-NON_BEAT_SYMBOLS = frozenset('+~|x![]"=p^tu`\'s*D@T()')
+NON_BEAT_SYMBOLS = frozenset("+~|x![]\"=p^tu`'s*D@T()")
 
 # PTB Diagnostic ECG Database: the "Reason for admission" of the header.
 PTB_HEALTHY = "Healthy control"

@@ -87,9 +87,7 @@ def process_record(job: RecordJob) -> RecordResult:
         raw = wfdb_io.read_signals(path, job.signal.leads)
     except wfdb_io.MissingLead as exc:
         return _dropped(report, str(exc).split(": ", 1)[1])
-    x, issues, usable = signal.check_leads(
-        raw.signal, raw.lead_names, job.signal.max_nan_fraction
-    )
+    x, issues, usable = signal.check_leads(raw.signal, raw.lead_names, job.signal.max_nan_fraction)
     report.lead_issues = [issue.describe() for issue in issues]
     if len(usable) < len(raw.lead_names):
         bad = [raw.lead_names[i] for i in range(len(raw.lead_names)) if i not in usable]
@@ -100,8 +98,11 @@ def process_record(job: RecordJob) -> RecordResult:
         report.diagnosis = ptb_diagnosis(raw.comments)
         label = labels.ptb_label(report.diagnosis, seg.task)
         if label is None:
-            why = "no diagnosis (n/a)" if report.diagnosis is None else (
-                f"diagnosis '{report.diagnosis}' is not part of task {seg.task}")
+            why = (
+                "no diagnosis (n/a)"
+                if report.diagnosis is None
+                else (f"diagnosis '{report.diagnosis}' is not part of task {seg.task}")
+            )
             return _dropped(report, why)
     if seg.kind == "windows":
         return _windows(job, report, y, raw.fs, fs_new, label)
@@ -144,11 +145,13 @@ def _windows(job, report, y, fs, fs_new, label) -> RecordResult:
     windows, starts = segment.sliding_windows(y, length, stride)
     if len(windows) == 0:
         return _dropped(report, f"shorter than one window ({seg.window_s} s)")
-    table = pd.DataFrame({
-        "sample": signal.rescale_samples(starts, fs_new, fs),
-        "label": label,
-        "diagnosis": report.diagnosis,
-    })
+    table = pd.DataFrame(
+        {
+            "sample": signal.rescale_samples(starts, fs_new, fs),
+            "label": label,
+            "diagnosis": report.diagnosis,
+        }
+    )
     return _finish(report, windows, table)
 
 
@@ -172,8 +175,13 @@ def preprocess_stage(ctx: StageContext) -> None:
     config = ctx.config
     manifest = read_manifest(ctx.inputs["download"], config.root)
     jobs = [
-        RecordJob(config.download.database, manifest["raw_dir"], rec["name"], config.signal,
-                  config.segment)
+        RecordJob(
+            config.download.database,
+            manifest["raw_dir"],
+            rec["name"],
+            config.signal,
+            config.segment,
+        )
         for rec in manifest["records"]
     ]
     results = run_jobs(jobs, config.signal.workers)
@@ -196,8 +204,9 @@ def write_outputs(out: Path, config: PipelineConfig, results: list[RecordResult]
         raise EcgError(f"preprocess: no record could be used ({reasons})")
     total = sum(len(r.table) for r in used)
     shape = (total, *used[0].windows.shape[1:])
-    windows = np.lib.format.open_memmap(out / "windows.npy", mode="w+", dtype=np.float32,
-                                        shape=shape)
+    windows = np.lib.format.open_memmap(
+        out / "windows.npy", mode="w+", dtype=np.float32, shape=shape
+    )
     start = 0
     for result in used:
         windows[start : start + len(result.windows)] = result.windows
@@ -221,8 +230,7 @@ def write_outputs(out: Path, config: PipelineConfig, results: list[RecordResult]
         "rr_features": list(segment.RR_FEATURES) if config.segment.kind == "beats" else [],
         "pieces": int(total),
         "records_used": len(used),
-        "records_dropped": {r.report.record: r.report.reason for r in results
-                            if not r.report.used},
+        "records_dropped": {r.report.record: r.report.reason for r in results if not r.report.used},
         "per_class": {c: int((index["label"] == c).sum()) for c in classes},
     }
     (out / "meta.json").write_text(json.dumps(meta, indent=1))
@@ -241,11 +249,18 @@ def _log_summary(meta: dict, results: list[RecordResult]) -> None:
     unit = "beats" if meta["kind"] == "beats" else "windows"
     edge = sum(r.report.dropped_at_edges for r in results)
     counts = ", ".join(f"{c} {n:,}" for c, n in meta["per_class"].items())
-    log.info("preprocess: %d records used, %d dropped; %s %s (%s)", meta["records_used"],
-             len(meta["records_dropped"]), f"{meta['pieces']:,}", unit, counts)
+    log.info(
+        "preprocess: %d records used, %d dropped; %s %s (%s)",
+        meta["records_used"],
+        len(meta["records_dropped"]),
+        f"{meta['pieces']:,}",
+        unit,
+        counts,
+    )
     if edge:
-        log.info("preprocess: %d beats dropped at record edges (window reaches past the record)",
-                 edge)
+        log.info(
+            "preprocess: %d beats dropped at record edges (window reaches past the record)", edge
+        )
     for record, reason in meta["records_dropped"].items():
         log.info("preprocess: dropped %s: %s", record, reason)
     unknown = Counter()
@@ -254,8 +269,11 @@ def _log_summary(meta: dict, results: list[RecordResult]) -> None:
         for issue in r.report.lead_issues:
             log.info("preprocess: %s %s", r.report.record, issue)
     if unknown:
-        log.warning("preprocess: annotation symbols outside the AAMI table and not known "
-                    "non-beats were skipped: %s (see records.csv)", dict(unknown))
+        log.warning(
+            "preprocess: annotation symbols outside the AAMI table and not known "
+            "non-beats were skipped: %s (see records.csv)",
+            dict(unknown),
+        )
 
 
 def load_pieces(preprocess_dir: Path) -> tuple[np.ndarray, pd.DataFrame, dict]:

@@ -43,8 +43,9 @@ def remove_baseline(x: np.ndarray, fs: float, windows_s: tuple[float, float] = (
     baseline = x
     for seconds in windows_s:
         size = max(1, int(round(seconds * fs)) | 1)  # odd, so the filter is centred
-        baseline = ndimage.median_filter(baseline, size=(size,) + (1,) * (x.ndim - 1),
-                                         mode="nearest")
+        baseline = ndimage.median_filter(
+            baseline, size=(size,) + (1,) * (x.ndim - 1), mode="nearest"
+        )
     return (x - baseline).astype(x.dtype, copy=False), fs
 
 
@@ -81,7 +82,9 @@ class LeadIssue:
 
 
 def check_leads(
-    x: np.ndarray, lead_names: list[str], max_nan_fraction: float = 0.05,
+    x: np.ndarray,
+    lead_names: list[str],
+    max_nan_fraction: float = 0.05,
     clip_fraction: float = 0.005,
 ) -> tuple[np.ndarray, list[LeadIssue], list[int]]:
     """Repair short NaN gaps, drop leads that are mostly NaN or flat, flag clipped leads.
@@ -107,9 +110,20 @@ def check_leads(
         if n == 0 or float(np.ptp(lead)) == 0.0:
             issues.append(LeadIssue(name, "flat", 1.0, "dropped"))
             continue
-        lo, hi = lead.min(), lead.max()
-        at_rails = float(np.mean((lead == lo) | (lead == hi)))
+        at_rails = _clipped_fraction(lead)
         if at_rails > clip_fraction:
             issues.append(LeadIssue(name, "clipped", at_rails, "kept"))
         usable.append(i)
     return y, issues, usable
+
+
+def _clipped_fraction(lead: np.ndarray, min_run: int = 4) -> float:
+    """Share of samples in flat runs of ``min_run`` or more at the lead's minimum or maximum:
+    the signature of an amplifier or converter at its limit (a sine touching its peak is not)."""
+    at_rail = (lead == lead.min()) | (lead == lead.max())
+    if not at_rail.any():
+        return 0.0
+    edges = np.diff(np.concatenate([[0], at_rail.astype(np.int8), [0]]))
+    starts, stops = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    lengths = stops - starts
+    return float(lengths[lengths >= min_run].sum() / len(lead))

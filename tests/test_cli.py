@@ -57,12 +57,14 @@ def test_status_explains_why_a_stage_is_stale(tmp_path, fixtures, capsys, monkey
 
 def test_source_option_reaches_the_download_stage(tmp_path, fixtures, capsys):
     path = write_pipeline(
-        tmp_path, "p",
+        tmp_path,
+        "p",
         "download: {database: ptbdb, version: fixtures}\n"
         "segment: {task: mi_vs_healthy, kind: windows}\nsplit: {protocol: kfold}\n",
     )
-    code = main(["run", "--config", str(path), "--source", str(fixtures / "ptbdb"),
-                 "--until", "download"])
+    code = main(
+        ["run", "--config", str(path), "--source", str(fixtures / "ptbdb"), "--until", "download"]
+    )
     assert code == 0
     err = capsys.readouterr().err
     assert "4 records, 8 files" in err

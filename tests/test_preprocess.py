@@ -1,0 +1,105 @@
+"""The dataset stages end to end on the committed fixtures."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import wfdb
+
+from ecg.cli import main
+from ecg.labels import AAMI_EC57
+from ecg.preprocess import load_pieces
+
+from conftest import write_pipeline
+
+SMOKE = """
+download: {{database: mitdb, version: fixtures, source: {source}}}
+signal: {{leads: [MLII], fs: 128, workers: 1}}
+segment: {{task: aami, rr_average_s: 60}}
+split: {{protocol: dechazal, val_fraction: 0.34}}
+"""
+
+PTB = """
+download: {{database: ptbdb, version: fixtures, source: {source}}}
+signal: {{leads: [i, ii, iii, avr, avl, avf, v1, v2, v3, v4, v5, v6], fs: 100, workers: 2}}
+segment: {{task: mi_vs_healthy, kind: windows, window_s: 2.56, stride_s: 1.28}}
+split: {{protocol: kfold, folds: 2, val_fraction: 0.5}}
+"""
+
+
+def test_mitdb_beats_match_the_reference_annotations(tmp_path, fixtures, capsys):
+    write_pipeline(tmp_path, "smoke", SMOKE.format(source=fixtures / "mitdb"))
+    assert (
+        main(["run", "--config", str(tmp_path / "pipelines" / "smoke.yaml"), "--until", "split"])
+        == 0
+    )
+    out = tmp_path / "data" / "processed" / "smoke"
+    windows, index, meta = load_pieces(out / "preprocess")
+    assert windows.dtype == np.float32 and isinstance(windows, np.memmap)
+    assert windows.shape == (len(index), 32 + 58, 1)
+    assert meta["classes"] == ["N", "S", "V", "F", "Q"]
+
+    records = pd.read_csv(out / "preprocess" / "records.csv", dtype={"record": str})
+    expected_total = 0
+    for record in (fixtures / "mitdb" / "RECORDS").read_text().split():
+        ann = wfdb.rdann(str(fixtures / "mitdb" / record), "atr")
+        beats = [
+            (s, AAMI_EC57[y]) for s, y in zip(ann.sample, ann.symbol, strict=True) if y in AAMI_EC57
+        ]
+        mine = index[index["record"] == record]
+        dropped = int(records.set_index("record").loc[record, "dropped_at_edges"])
+        assert len(mine) + dropped == len(beats)
+        kept = {s: c for s, c in beats}
+        assert all(kept[s] == c for s, c in zip(mine["sample"], mine["label"], strict=True))
+        expected_total += len(beats)
+    assert len(index) + int(records["dropped_at_edges"].sum()) == expected_total
+
+    split = pd.read_parquet(out / "split" / "split.parquet")
+    sides = dict(zip(index["record"], split["split_0"], strict=True))
+    assert sides["232"] == "test" and sides["208"] in ("train", "val")
+    printed = capsys.readouterr().err
+    assert "split (dechazal): patients, and beats per class" in printed
+    assert "known leak" in printed
+
+
+def test_ptb_windows_keep_record_patient_and_diagnosis(tmp_path, fixtures, capsys):
+    write_pipeline(tmp_path, "ptb", PTB.format(source=fixtures / "ptbdb"))
+    assert (
+        main(["run", "--config", str(tmp_path / "pipelines" / "ptb.yaml"), "--until", "split"]) == 0
+    )
+    out = tmp_path / "data" / "processed" / "ptb"
+    windows, index, meta = load_pieces(out / "preprocess")
+    assert windows.shape[1:] == (256, 12)
+    # 10 s at 100 Hz, 2.56 s windows every 1.28 s: 6 windows per record
+    assert index.groupby("record").size().tolist() == [6, 6, 6, 6]
+    assert index["sample"].tolist()[:3] == [0, 1280, 2560]  # at the record's own 1000 Hz
+    by_patient = index.groupby("patient")["label"].first().to_dict()
+    assert by_patient == {
+        "patient001": "MI",
+        "patient002": "MI",
+        "patient104": "healthy",
+        "patient105": "healthy",
+    }
+    folds = json.loads((out / "split" / "meta.json").read_text())["patients"]
+    assert sorted(folds["split_0"]["test"] + folds["split_1"]["test"]) == sorted(by_patient)
+    assert "healthy patients" in capsys.readouterr().err
+
+
+def test_a_record_without_the_asked_lead_is_dropped_and_reported(tmp_path, fixtures, capsys):
+    config = SMOKE.format(source=fixtures / "mitdb").replace("[MLII]", "[MLII, V1]")
+    write_pipeline(tmp_path, "two", config)
+    assert (
+        main(["run", "--config", str(tmp_path / "pipelines" / "two.yaml"), "--until", "preprocess"])
+        == 0
+    )
+    records = pd.read_csv(
+        tmp_path / "data" / "processed" / "two" / "preprocess" / "records.csv",
+        dtype={"record": str},
+    ).set_index("record")
+    # 100 has MLII and V5; 201 and 233 have MLII and V1
+    assert not records.loc["100", "used"]
+    assert records.loc["100", "reason"].startswith("no lead V1")
+    assert records.loc["201", "used"] and records.loc["233", "used"]
+    assert "dropped 100: no lead V1" in capsys.readouterr().err

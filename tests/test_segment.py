@@ -1,0 +1,45 @@
+"""Beats, windows and RR features."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ecg.segment import beat_windows, rr_features, sliding_windows
+
+
+def test_beat_windows_cut_around_the_centre_and_drop_edge_beats():
+    x = np.arange(100, dtype=np.float32)[:, None]
+    windows, keep = beat_windows(x, np.array([2, 10, 50, 97]), before=3, after=4)
+    assert keep.tolist() == [False, True, True, False]
+    assert windows.shape == (2, 7, 1)
+    assert windows[0, :, 0].tolist() == [7, 8, 9, 10, 11, 12, 13]
+    assert windows[1, 3, 0] == 50
+
+
+def test_sliding_windows_drop_the_short_tail():
+    x = np.arange(10, dtype=np.float32)[:, None]
+    windows, starts = sliding_windows(x, length=4, stride=3)
+    assert starts.tolist() == [0, 3, 6]
+    assert windows[:, 0, 0].tolist() == [0, 3, 6]
+    empty, none = sliding_windows(x, length=11, stride=1)
+    assert empty.shape == (0, 11, 1) and len(none) == 0
+
+
+def test_rr_features_of_a_premature_beat():
+    fs = 100.0
+    # a regular 1 s rhythm with the fifth beat 0.4 s early
+    r = (np.array([0, 1, 2, 3, 3.6, 5, 6, 7]) * fs).astype(int)
+    f = rr_features(r, fs, local_beats=3, average_s=100)
+    assert f["pre_rr"][4] == pytest.approx(0.6)
+    assert f["post_rr"][4] == pytest.approx(1.4)
+    assert f["pre_rr"][0] == f["post_rr"][0] == pytest.approx(1.0)  # borrowed
+    assert f["local_rr"][3] == pytest.approx(1.0)
+    assert f["local_rr"][4] == pytest.approx((1 + 1 + 0.6) / 3)
+    assert f["average_rr"][4] == pytest.approx(1.0)
+    assert f["pre_over_average"][4] == pytest.approx(0.6)
+    assert f["pre_over_local"][4] < 0.7 < f["pre_over_local"][3]
+
+
+def test_rr_features_of_a_single_beat_are_nan():
+    assert np.isnan(rr_features(np.array([5]), 100.0)["pre_rr"]).all()
