@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -112,6 +113,22 @@ def _pipeline_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--records", metavar="LIST", help="only these records, comma-separated (e.g. 100,101)"
     )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted training from its last checkpoint",
+    )
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        help="where to train and evaluate (default: train.device, auto)",
+    )
+    parser.add_argument(
+        "--tracking-uri",
+        metavar="URI",
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the "
+        "SQLite store in the data folder)",
+    )
 
 
 def load(args: argparse.Namespace) -> PipelineConfig:
@@ -134,7 +151,14 @@ def load(args: argparse.Namespace) -> PipelineConfig:
 def cmd_run(args: argparse.Namespace, until: str | None = None) -> int:
     config = load(args)
     engine = engine_for(config)
-    outcomes = engine.run(until=until or args.until, force=args.force, on_stage=_announce)
+    options = {
+        "resume": args.resume,
+        "device": args.device if args.device != "auto" else None,
+        "tracking_uri": args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"),
+    }
+    outcomes = engine.run(
+        until=until or args.until, force=args.force, on_stage=_announce, options=options
+    )
     ran = [o for o in outcomes if o.ran]
     for outcome in outcomes:
         if outcome.ran:

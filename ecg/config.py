@@ -161,6 +161,94 @@ class SplitConfig:
 
 
 @dataclass(frozen=True)
+class ModelConfig:
+    """The bidirectional LSTM many-to-one classifier."""
+
+    hidden: int = 32
+    layers: int = 2
+    dropout: float = 0.2
+    pooling: Literal["last", "mean", "attention"] = "last"
+    """How the sequence of LSTM states becomes one vector: the final states of both directions,
+    their mean over time, or an attention-weighted sum."""
+    use_rr: bool = True
+    """Join the RR-interval features to the pooled state before the classifier head."""
+    rr_features: tuple[str, ...] = ()
+    """Which RR features (names from the preprocess stage); empty means all."""
+    input_norm: Literal["global", "window"] = "global"
+    """global: standardise with the training set's mean and std; window: each window by its own."""
+
+    def __post_init__(self) -> None:
+        _check(self.hidden >= 1, "hidden", "a positive number of units")
+        _check(self.layers >= 1, "layers", "one or more layers")
+        _check(0 <= self.dropout < 1, "dropout", "a fraction in [0, 1)")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The fit loop. Model selection only ever looks at validation patients."""
+
+    classes: tuple[str, ...] = ()
+    """Classes to learn and evaluate; pieces of other classes are set aside (counted). Empty: all."""
+    epochs: int = 15
+    batch_size: int = 256
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = 0.003
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    """SGD only."""
+    class_weights: Literal["none", "inverse", "sqrt_inverse"] = "sqrt_inverse"
+    """Cross-entropy weights from the training class counts."""
+    sampler: Literal["shuffle", "balanced"] = "shuffle"
+    """balanced: draw every class equally often (with replacement)."""
+    samples_per_epoch: int = 0
+    """Pieces drawn per epoch; 0 means as many as the training set holds."""
+    clip_grad_norm: float = 1.0
+    patience: int = 5
+    """Early stopping: epochs without a better validation macro-F1."""
+    lr_patience: int = 2
+    lr_factor: float = 0.5
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto: CUDA when there is a GPU, else CPU (not a param: it changes speed, not the model)."""
+    threads: int = 0
+    """CPU threads for torch; 0 keeps torch's default."""
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, "epochs", "one or more epochs")
+        _check(self.batch_size >= 1, "batch_size", "a positive batch size")
+        _check(self.lr > 0, "lr", "a positive learning rate")
+        _check(self.samples_per_epoch >= 0, "samples_per_epoch", "zero or more")
+        _check(self.patience >= 1, "patience", "one or more epochs")
+        _check(0 < self.lr_factor < 1, "lr_factor", "a factor in (0, 1)")
+        _check(self.clip_grad_norm >= 0, "clip_grad_norm", "zero (off) or a positive norm")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Test metrics, with confidence intervals from resampling records (patients), not beats."""
+
+    bootstrap: int = 1000
+    confidence: float = 0.95
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.bootstrap >= 0, "bootstrap", "zero (no intervals) or more resamples")
+        _check(0 < self.confidence < 1, "confidence", "a level in (0, 1), such as 0.95")
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """Where runs are recorded. The default is a SQLite store inside the project's data folder."""
+
+    uri: str | None = None
+    """An MLflow tracking URI; null means sqlite:///<data_dir>/mlflow.db."""
+    experiment: str | None = None
+    """null means the pipeline's name."""
+    registered_model: str | None = None
+    """Model registry name; null means ecg-<pipeline>."""
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     """One pipeline: a name, where its data lives, and one section per stage."""
 
@@ -169,6 +257,10 @@ class PipelineConfig:
     signal: SignalConfig = field(default_factory=SignalConfig)
     segment: SegmentConfig = field(default_factory=SegmentConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     description: str = ""
     data_dir: str = "data"
     """Relative paths are resolved against the project root (the parent of ``pipelines/``)."""
@@ -195,6 +287,18 @@ class PipelineConfig:
         """A path from the config, relative to the project root unless absolute."""
         p = Path(path).expanduser()
         return p if p.is_absolute() else (self.root / p).resolve()
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.tracking.uri or f"sqlite:///{self.data_path / 'mlflow.db'}"
+
+    @property
+    def experiment(self) -> str:
+        return self.tracking.experiment or self.name
+
+    @property
+    def registered_model(self) -> str:
+        return self.tracking.registered_model or f"ecg-{self.name}"
 
     def relative(self, path: Path) -> str:
         """How a path is shown and stored: relative to the project root when it is inside it."""

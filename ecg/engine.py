@@ -13,6 +13,7 @@ so a killed stage never leaves an output that looks complete.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import json
@@ -49,6 +50,11 @@ class StageContext:
     external: list[Path] = field(default_factory=list)
     """Files outside ``out`` that the stage vouches for (a shared download cache): they are
     recorded in the stamp, and the stage is stale if one of them goes missing or changes."""
+    scratch: Path | None = None
+    """A folder that survives a failed or killed run of this same fingerprint (checkpoints to
+    resume from); emptied when the fingerprint changes and removed when the stage completes."""
+    options: Mapping[str, Any] = field(default_factory=dict)
+    """Run-time choices that do not change what a stage computes (resume, device, tracking)."""
 
 
 @dataclass(frozen=True)
@@ -223,6 +229,7 @@ class Engine:
         until: str | None = None,
         force: Sequence[str] = (),
         on_stage: Callable[[Stage, tuple[str, ...]], None] | None = None,
+        options: Mapping[str, Any] | None = None,
     ) -> list[StageOutcome]:
         """Run stale stages in order, up to and including ``until``."""
         for name in force:
@@ -241,7 +248,7 @@ class Engine:
                 if on_stage:
                     on_stage(stage, reasons)
                 started = time.perf_counter()
-                self._execute(stage)
+                self._execute(stage, options or {})
                 outcomes.append(
                     StageOutcome(stage.name, True, time.perf_counter() - started, reasons)
                 )
@@ -249,19 +256,21 @@ class Engine:
 
     # ----------------------------------------------------------------- execution
 
-    def _execute(self, stage: Stage) -> None:
+    def _execute(self, stage: Stage, options: Mapping[str, Any]) -> None:
         final = self.out_dir(stage.name)
         tmp = self.work_dir / f".{stage.name}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
+        fingerprint = self._current(stage)
         ctx = StageContext(
             config=self.config,
             out=tmp,
             inputs={up: self.out_dir(up) for up in stage.upstream},
+            scratch=self._scratch(stage, fingerprint),
+            options=options,
         )
         started = time.perf_counter()
         try:
-            fingerprint = self._current(stage)
             stage.function()(ctx)
             self.stamp_path(stage.name).unlink(missing_ok=True)
             old = self.work_dir / f".{stage.name}.old-{os.getpid()}"
@@ -284,6 +293,17 @@ class Engine:
         }
         write_text_atomic(self.stamp_path(stage.name), json.dumps(stamp, indent=1))
         self._digests.save()
+        shutil.rmtree(ctx.scratch, ignore_errors=True)
+
+    def _scratch(self, stage: Stage, fingerprint: dict[str, Any]) -> Path:
+        folder = self.work_dir / ".scratch" / stage.name
+        key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()
+        marker = folder / "fingerprint"
+        if not marker.is_file() or marker.read_text() != key:
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            marker.write_text(key)
+        return folder
 
     def _remove_leftovers(self) -> None:
         """Temporary folders of runs that were killed: never trusted, always removed."""

@@ -51,6 +51,40 @@ STAGES: tuple[Stage, ...] = (
         code=("ecg.databases.subjects",),
         help="assign patients to train, validation and test (or folds)",
     ),
+    Stage(
+        name="train",
+        run="ecg.train:train_stage",
+        # train.device and train.threads change speed, not the model: no params.
+        params=(
+            "model",
+            "train.classes",
+            "train.epochs",
+            "train.batch_size",
+            "train.optimizer",
+            "train.lr",
+            "train.weight_decay",
+            "train.momentum",
+            "train.class_weights",
+            "train.sampler",
+            "train.samples_per_epoch",
+            "train.clip_grad_norm",
+            "train.patience",
+            "train.lr_patience",
+            "train.lr_factor",
+            "train.seed",
+        ),
+        upstream=("download", "preprocess", "split"),
+        code=("ecg.model", "ecg.dataset", "ecg.metrics"),
+        help="fit the BiLSTM on the training patients, select on the validation patients",
+    ),
+    Stage(
+        name="evaluate",
+        run="ecg.evaluate:evaluate_stage",
+        params=("evaluate",),
+        upstream=("preprocess", "split", "train"),
+        code=("ecg.metrics", "ecg.dataset", "ecg.plots"),
+        help="score the model on the test patients, with intervals by patient",
+    ),
 )
 
 STAGE_NAMES = tuple(stage.name for stage in STAGES)

@@ -1,0 +1,215 @@
+"""The evaluate stage: the test side, read once, scored with intervals by patient.
+
+Writes ``metrics.json`` and ``predictions.csv`` (one row per test piece: record, sample index at
+the record's own sampling rate, true and predicted class, class probabilities, so anyone can
+re-score a run against the ``.atr`` files with their own script) to the stage folder and to
+``reports/<pipeline>/<run_id>/``, and logs them, with the test metrics, to the run the model was
+trained in.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ecg.dataset import load_fold
+from ecg.engine import StageContext
+from ecg.metrics import bootstrap_by_group, confusion, from_confusion, roc_auc_per_class
+from ecg.plots import confusion_matrix_png
+from ecg.tracking import Tracker
+from ecg.train import load_classifier, predict_proba, select_device
+
+log = logging.getLogger("ecg")
+
+STRICT_DROPS = ("202",)
+"""Under dechazal, the same model is also scored without record 202 (patient of 201 in DS1)."""
+
+
+def score(
+    predictions: pd.DataFrame, classes: list[str], resamples: int, confidence: float, seed: int
+) -> dict:
+    """Point metrics, intervals by patient, confusion matrix and ROC-AUC of a prediction table."""
+    y_true = predictions["true_id"].to_numpy()
+    y_pred = predictions["predicted_id"].to_numpy()
+    proba = predictions[[f"p_{c}" for c in classes]].to_numpy()
+    cm = confusion(y_true, y_pred, len(classes))
+    point = from_confusion(cm, classes)
+    point.update(roc_auc_per_class(y_true, proba, classes))
+    intervals = bootstrap_by_group(
+        y_true, y_pred, predictions["patient"].to_numpy(), classes, resamples, confidence, seed
+    )
+    return {
+        "n": int(len(predictions)),
+        "patients": int(predictions["patient"].nunique()),
+        "records": int(predictions["record"].nunique()),
+        "metrics": point,
+        "ci": {k: list(v) for k, v in intervals.items()},
+        "confusion": cm.tolist(),
+    }
+
+
+def per_record(predictions: pd.DataFrame, classes: list[str]) -> list[dict]:
+    """Accuracy of each record and what it confused, so one bad record cannot hide in a mean."""
+    rows = []
+    for record, part in predictions.groupby("record", sort=True):
+        wrong = part[part["true"] != part["predicted"]]
+        pairs = (wrong["true"] + "->" + wrong["predicted"]).value_counts()
+        rows.append(
+            {
+                "record": record,
+                "patient": part["patient"].iloc[0],
+                "n": int(len(part)),
+                "accuracy": float((part["true"] == part["predicted"]).mean()),
+                "true_counts": {c: int((part["true"] == c).sum()) for c in classes},
+                "confusions": {k: int(v) for k, v in pairs.items()},
+            }
+        )
+    return rows
+
+
+def evaluate_stage(ctx: StageContext) -> None:
+    config = ctx.config
+    cfg = config.evaluate
+    run = json.loads((ctx.inputs["train"] / "run.json").read_text())
+    device = select_device(ctx.options.get("device") or config.train.device)
+    frames = []
+    classes: list[str] = []
+    set_aside: dict = {}
+    for fold in range(run["folds"]):
+        model, normalizer, spec = load_classifier(ctx.inputs["train"] / f"fold_{fold}" / "model.pt")
+        classes = spec["classes"]
+        data = load_fold(
+            ctx.inputs["preprocess"],
+            ctx.inputs["split"],
+            config.split.protocol,
+            fold,
+            classes=classes,
+            rr_names=spec["rr_features"] if spec["n_rr"] else None,
+            sides=("test",),
+        )
+        set_aside = data.set_aside
+        test = data.sides["test"]
+        with torch.no_grad():
+            proba = predict_proba(model.to(device), normalizer.to(device), test, device)
+        frames.append(
+            _prediction_table(data.index, test.rows, test.y.numpy(), proba, classes, fold)
+        )
+    predictions = pd.concat(frames, ignore_index=True)
+    result = {
+        "pipeline": config.name,
+        "run_id": run["run_id"],
+        "protocol": config.split.protocol,
+        "classes": classes,
+        "set_aside": set_aside,
+        "confidence": cfg.confidence,
+        "bootstrap_resamples": cfg.bootstrap,
+        "interval_unit": "patient",
+        "test": score(predictions, classes, cfg.bootstrap, cfg.confidence, cfg.seed),
+        "per_record": per_record(predictions, classes),
+    }
+    if run["folds"] > 1:
+        result["per_fold"] = [
+            {"fold": fold, **score(part, classes, 0, cfg.confidence, cfg.seed)}
+            for fold, part in predictions.groupby("fold")
+        ]
+    if config.split.protocol == "dechazal":
+        strict = predictions[~predictions["record"].isin(STRICT_DROPS)]
+        result["test_strict"] = score(strict, classes, cfg.bootstrap, cfg.confidence, cfg.seed)
+    _write(ctx, result, predictions, run)
+    _log_headline(result)
+
+
+def _prediction_table(index, rows, y_true, proba, classes, fold) -> pd.DataFrame:
+    y_pred = proba.argmax(axis=1)
+    table = pd.DataFrame(
+        {
+            "record": index.loc[rows, "record"].to_numpy(),
+            "patient": index.loc[rows, "patient"].to_numpy(),
+            "sample": index.loc[rows, "sample"].to_numpy(),
+            "true": np.asarray(classes, dtype=object)[y_true],
+            "predicted": np.asarray(classes, dtype=object)[y_pred],
+            "true_id": y_true,
+            "predicted_id": y_pred,
+            "fold": fold,
+        }
+    )
+    for i, name in enumerate(classes):
+        table[f"p_{name}"] = proba[:, i].astype(np.float32)
+    return table
+
+
+def _write(ctx: StageContext, result: dict, predictions: pd.DataFrame, run: dict) -> None:
+    config = ctx.config
+    (ctx.out / "metrics.json").write_text(json.dumps(result, indent=1))
+    columns = [c for c in predictions.columns if not c.endswith("_id")]
+    predictions[columns].to_csv(ctx.out / "predictions.csv", index=False, float_format="%.5f")
+    confusion_matrix_png(
+        np.asarray(result["test"]["confusion"]),
+        result["classes"],
+        ctx.out / "confusion_matrix.png",
+        title=f"{config.name} test ({result['protocol']})",
+    )
+    report_dir = config.resolve("reports") / config.name / run["run_id"]
+    report_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("metrics.json", "predictions.csv", "confusion_matrix.png"):
+        shutil.copyfile(ctx.out / name, report_dir / name)
+    tracker = Tracker(run["tracking_uri"], run["experiment"])
+    tracker.reopen(run["run_id"])
+    try:
+        flat = {f"test_{k}": v for k, v in result["test"]["metrics"].items()}
+        for key, (low, high) in result["test"]["ci"].items():
+            flat[f"test_{key}_ci_low"], flat[f"test_{key}_ci_high"] = low, high
+        if "test_strict" in result:
+            flat.update(
+                {f"test_strict_{k}": v for k, v in result["test_strict"]["metrics"].items()}
+            )
+        tracker.log_metrics(run["run_id"], flat)
+        for name in ("metrics.json", "predictions.csv", "confusion_matrix.png"):
+            tracker.log_artifact(run["run_id"], ctx.out / name)
+    except BaseException as exc:
+        tracker.fail(run["run_id"], exc)
+        raise
+    tracker.finish(run["run_id"])
+    log.info(
+        "evaluate: metrics and predictions in %s and in MLflow run %s",
+        config.relative(report_dir),
+        run["run_id"],
+    )
+
+
+def _log_headline(result: dict) -> None:
+    test = result["test"]
+    m, ci = test["metrics"], test["ci"]
+
+    def cell(key: str) -> str:
+        value = m.get(key, float("nan"))
+        if np.isnan(value):
+            return "n/a"
+        low, high = ci.get(key, (float("nan"), float("nan")))
+        return (
+            f"{100 * value:5.1f} [{100 * low:4.1f}, {100 * high:4.1f}]"
+            if not np.isnan(low)
+            else f"{100 * value:5.1f}"
+        )
+
+    lines = [
+        f"evaluate: {test['n']:,} test pieces from {test['patients']} patients; "
+        f"accuracy {cell('accuracy')}, macro-F1 {cell('macro_f1')} "
+        f"({int(100 * result['confidence'])}% CI by patient)"
+    ]
+    for c in result["classes"]:
+        lines.append(
+            f"  {c:>8}: Se {cell(f'{c}_recall')}  +P {cell(f'{c}_precision')}  "
+            f"F1 {cell(f'{c}_f1')}  (n={int(m[f'{c}_support']):,})"
+        )
+    log.info("\n".join(lines))
+
+
+def load_metrics(path: Path) -> dict:
+    return json.loads(path.read_text())

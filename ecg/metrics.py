@@ -1,0 +1,109 @@
+"""Classification metrics from confusion matrices, with confidence intervals by record.
+
+Beats of one record are not independent: resampling beats would give intervals far too narrow.
+Intervals here come from resampling whole records (patients) with replacement, as the unit that
+was actually sampled. Each record's confusion matrix is computed once; a bootstrap replicate is a
+sum of them, so a thousand replicates cost milliseconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from sklearn.metrics import confusion_matrix, roc_auc_score
+
+
+def confusion(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    return confusion_matrix(y_true, y_pred, labels=list(range(n_classes)))
+
+
+def from_confusion(cm: np.ndarray, classes: Sequence[str]) -> dict[str, float]:
+    """Accuracy; per class precision (+P), recall (Se), specificity, F1; macro and weighted.
+
+    A class with no true and no predicted pieces has undefined metrics: NaN, never 0 or 1, so
+    that a report can say n/a rather than invent a number. Macro averages skip NaN.
+    """
+    cm = cm.astype(np.float64)
+    total = cm.sum()
+    tp = np.diag(cm)
+    true = cm.sum(axis=1)
+    predicted = cm.sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(predicted > 0, tp / predicted, np.nan)
+        recall = np.where(true > 0, tp / true, np.nan)
+        negatives = total - true
+        specificity = np.where(negatives > 0, (negatives - (predicted - tp)) / negatives, np.nan)
+        f1 = np.where((true + predicted) > 0, 2 * tp / (true + predicted), np.nan)
+    out = {"accuracy": float(tp.sum() / total) if total else float("nan")}
+    for i, name in enumerate(classes):
+        out[f"{name}_precision"] = float(precision[i])
+        out[f"{name}_recall"] = float(recall[i])
+        out[f"{name}_specificity"] = float(specificity[i])
+        out[f"{name}_f1"] = float(f1[i])
+        out[f"{name}_support"] = float(true[i])
+    present = true > 0
+    for key, values in (("precision", precision), ("recall", recall), ("f1", f1)):
+        usable = present & ~np.isnan(values)
+        out[f"macro_{key}"] = (
+            float(np.mean(np.nan_to_num(values[present]))) if present.any() else float("nan")
+        )
+        weights = true[usable]
+        out[f"weighted_{key}"] = (
+            float(np.average(values[usable], weights=weights)) if weights.sum() else float("nan")
+        )
+    return out
+
+
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
+    return from_confusion(confusion(y_true, y_pred, n_classes), [str(i) for i in range(n_classes)])[
+        "macro_f1"
+    ]
+
+
+def roc_auc_per_class(y_true: np.ndarray, proba: np.ndarray, classes: Sequence[str]) -> dict:
+    """One-vs-rest ROC-AUC per class; NaN where a class has no positive or no negative piece."""
+    out = {}
+    for i, name in enumerate(classes):
+        positive = y_true == i
+        if positive.all() or not positive.any():
+            out[f"{name}_roc_auc"] = float("nan")
+        else:
+            out[f"{name}_roc_auc"] = float(roc_auc_score(positive, proba[:, i]))
+    return out
+
+
+def bootstrap_by_group(
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    groups: np.ndarray,
+    classes: Sequence[str],
+    resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, tuple[float, float]]:
+    """Percentile intervals of every confusion-derived metric, resampling groups (records)."""
+    if resamples == 0:
+        return {}
+    names, inverse = np.unique(groups, return_inverse=True)
+    n = len(classes)
+    per_group = np.zeros((len(names), n, n), dtype=np.int64)
+    np.add.at(per_group, (inverse, y_true, y_pred), 1)
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(names), size=(resamples, len(names)))
+    samples: dict[str, list[float]] = {}
+    for draw in draws:
+        for key, value in from_confusion(per_group[draw].sum(axis=0), classes).items():
+            samples.setdefault(key, []).append(value)
+    alpha = (1 - confidence) / 2
+    intervals = {}
+    for key, values in samples.items():
+        if key.endswith("_support"):
+            continue
+        arr = np.asarray(values)
+        arr = arr[~np.isnan(arr)]
+        if len(arr) == 0:
+            intervals[key] = (float("nan"), float("nan"))
+        else:
+            intervals[key] = (float(np.quantile(arr, alpha)), float(np.quantile(arr, 1 - alpha)))
+    return intervals

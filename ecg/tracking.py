@@ -1,0 +1,195 @@
+"""The only module that imports mlflow.
+
+Runs are addressed by id through an ``MlflowClient`` bound to one tracking URI, rather than through
+mlflow's process-global active run, so two stages (or a test and a server) never write into each
+other's runs. The default store is SQLite inside the project's data folder, set explicitly:
+MLflow 3 would otherwise create ``mlflow.db`` wherever the command happened to start, and its plain
+file store refuses to run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("ecg")
+
+_PARAM_LIMIT = 6000  # characters MLflow keeps of a param value
+
+
+def _mlflow():
+    import mlflow  # imported here: it costs seconds, and `ecg status` never needs it
+
+    return mlflow
+
+
+class Tracker:
+    def __init__(self, uri: str, experiment: str):
+        mlflow = _mlflow()
+        # MLflow's own INFO lines (table creation, ...) are noise in a pipeline's output.
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
+        if uri.startswith("sqlite:///"):
+            Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        self.uri = uri
+        self.client = mlflow.MlflowClient(tracking_uri=uri)
+        found = self.client.get_experiment_by_name(experiment)
+        self.experiment_id = (
+            found.experiment_id if found else self.client.create_experiment(experiment)
+        )
+        self.experiment = experiment
+
+    # --------------------------------------------------------------------- runs
+
+    def start(self, run_name: str, tags: Mapping[str, str], parent: str | None = None) -> str:
+        all_tags = dict(tags)
+        if parent:
+            all_tags["mlflow.parentRunId"] = parent
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags)
+        return run.info.run_id
+
+    def finish(self, run_id: str) -> None:
+        self.client.set_terminated(run_id, status="FINISHED")
+
+    def fail(self, run_id: str, error: BaseException) -> None:
+        """Mark a run FAILED with the error; what it had logged stays."""
+        message = f"{type(error).__name__}: {error}"[:5000]
+        self.client.set_tag(run_id, "error", message)
+        self.client.set_terminated(run_id, status="FAILED")
+
+    def reopen(self, run_id: str) -> None:
+        """A later stage (evaluate, report) writes into the run its model was trained in."""
+        self.client.update_run(run_id, status="RUNNING")
+
+    # --------------------------------------------------------------------- values
+
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        mlflow = _mlflow()
+        items = [mlflow.entities.Param(k, _param_text(v)) for k, v in sorted(params.items())]
+        for start in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[start : start + 100])
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int | None = None):
+        mlflow = _mlflow()
+        import time
+
+        now = int(time.time() * 1000)
+        items = [
+            mlflow.entities.Metric(k, float(v), now, step or 0)
+            for k, v in metrics.items()
+            if v is not None and not (isinstance(v, float) and math.isnan(v))
+        ]
+        for start in range(0, len(items), 500):
+            self.client.log_batch(run_id, metrics=items[start : start + 500])
+
+    def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(run_id, key, str(value))
+
+    def log_artifact(self, run_id: str, path: Path, folder: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(path), folder)
+
+    def log_json(self, run_id: str, data: Any, name: str) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            path.write_text(json.dumps(data, indent=1, default=str))
+            self.client.log_artifact(run_id, str(path))
+
+    def log_dataset(self, run_id: str, table, name: str, source: str, context: str) -> None:
+        """Record what the model was trained on (``mlflow.log_input``): a table with its digest."""
+        mlflow = _mlflow()
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The specified dataset source")
+            dataset = mlflow.data.from_pandas(table, source=source, name=name)
+        self.client.log_inputs(
+            run_id,
+            datasets=[
+                mlflow.entities.DatasetInput(
+                    dataset._to_mlflow_entity(),
+                    tags=[mlflow.entities.InputTag("mlflow.data.context", context)],
+                )
+            ],
+        )
+
+    # --------------------------------------------------------------------- models
+
+    def log_model(
+        self, run_id: str, model, example, registered_name: str | None, requirements: list[str]
+    ) -> str:
+        """Log a torch module as an MLflow model, optionally registered; returns its URI.
+
+        ``serialization_format="pickle"`` with explicit requirements: the default path traces the
+        LSTM through torch.export (tens of seconds) and loads back as a GraphModule; inferred
+        requirements drop torch's ``+cpu`` label (measured, FACTS.md).
+        """
+        mlflow = _mlflow()
+        import numpy as np
+        import torch
+        from mlflow.models import infer_signature
+
+        with torch.no_grad():
+            output = model(torch.from_numpy(example)).numpy()
+        signature = infer_signature(example, output.astype(np.float32))
+        mlflow.set_tracking_uri(self.uri)
+        # Its warning about pickle is the trade-off made knowingly above.
+        logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pytorch.log_model(
+                model,
+                name="model",
+                serialization_format="pickle",
+                pip_requirements=requirements,
+                signature=signature,
+                input_example=example,
+                registered_model_name=registered_name,
+                # the pickled model refers to ecg.model: ship the package with it
+                code_paths=[str(Path(__file__).resolve().parent)],
+            )
+        # start_run/with leaves the run FINISHED; the caller decides when it is done
+        self.client.update_run(run_id, status="RUNNING")
+        return info.model_uri
+
+    # --------------------------------------------------------------------- reading
+
+    def run(self, run_id: str):
+        return self.client.get_run(run_id)
+
+    def search(self, max_results: int = 100, order_by: list[str] | None = None):
+        mlflow = _mlflow()
+        mlflow.set_tracking_uri(self.uri)
+        return mlflow.search_runs(
+            experiment_ids=[self.experiment_id],
+            max_results=max_results,
+            order_by=order_by or ["attributes.start_time DESC"],
+        )
+
+    def download(self, run_id: str, path: str, into: Path) -> Path:
+        return Path(self.client.download_artifacts(run_id, path, str(into)))
+
+
+def _param_text(value: Any) -> str:
+    text = json.dumps(value) if isinstance(value, list | tuple | dict) else str(value)
+    return text if len(text) <= _PARAM_LIMIT else text[: _PARAM_LIMIT - 3] + "..."
+
+
+def ui_command(uri: str, port: int) -> list[str]:
+    """The ``mlflow ui`` command line for a store (run by ``ecg ui``)."""
+    import sys
+
+    return [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]

@@ -1,0 +1,548 @@
+"""The fit loop: plain PyTorch, readable top to bottom.
+
+Early stopping and learning-rate decay look only at the validation patients (drawn from the
+training side); the test side is never loaded here. A checkpoint is written after every epoch, so
+a killed run continues from its last completed epoch with ``--resume``. Under ``torchrun`` the
+same loop runs as DistributedDataParallel: each process takes its share of every epoch's batches.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from ecg import __version__
+from ecg.config import TrainConfig, flatten, to_dict
+from ecg.dataset import Side, load_fold
+from ecg.digests import sha256_file
+from ecg.engine import StageContext
+from ecg.errors import EcgError
+from ecg.metrics import confusion, from_confusion
+from ecg.model import BiLSTMClassifier, Normalizer, PackagedClassifier, pack
+from ecg.provenance import device_description, git_commit
+from ecg.tracking import Tracker
+
+log = logging.getLogger("ecg")
+
+
+# ----------------------------------------------------------------------------- devices, seeds
+
+
+def select_device(requested: str) -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise EcgError("--device cuda: no CUDA device is available to torch here")
+    if requested == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    rank = int(os.environ.get("LOCAL_RANK", 0))
+    return torch.device("cuda", rank)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def distributed() -> tuple[int, int]:
+    """(rank, world size); (0, 1) outside torchrun."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+# ----------------------------------------------------------------------------- normalisation
+
+
+def fit_normalizer(train: Side, per_window: bool) -> Normalizer:
+    x = train.x
+    x_mean = x.mean(dim=(0, 1))
+    x_std = x.std(dim=(0, 1)).clamp_min(1e-3)
+    if train.rr is not None:
+        rr_mean, rr_std = train.rr.mean(dim=0), train.rr.std(dim=0).clamp_min(1e-3)
+    else:
+        rr_mean, rr_std = torch.zeros(0), torch.ones(0)
+    return Normalizer(x_mean, x_std, rr_mean, rr_std, per_window)
+
+
+def class_weights(y: torch.Tensor, n_classes: int, how: str) -> torch.Tensor | None:
+    if how == "none":
+        return None
+    counts = torch.bincount(y, minlength=n_classes).double().clamp_min(1)
+    weights = counts.sum() / counts
+    if how == "sqrt_inverse":
+        weights = weights.sqrt()
+    return (weights / weights.mean()).float()
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class EpochLog:
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_accuracy: float
+    val_macro_precision: float
+    val_macro_recall: float
+    val_macro_f1: float
+    lr: float
+    epoch_seconds: float
+    train_beats_per_s: float
+
+
+@dataclass
+class FitState:
+    """Everything a resumed run needs; saved after every epoch."""
+
+    epoch: int = 0
+    best_f1: float = -1.0
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    history: list[dict] = field(default_factory=list)
+    best_weights: dict | None = None
+
+
+def epoch_order(train: Side, cfg: TrainConfig, generator: torch.Generator) -> torch.Tensor:
+    """Indices of the pieces to visit this epoch: a shuffle, or a class-balanced draw."""
+    n = cfg.samples_per_epoch or len(train)
+    if cfg.sampler == "shuffle":
+        order = torch.randperm(len(train), generator=generator)
+        if n > len(train):
+            extra = torch.randint(len(train), (n - len(train),), generator=generator)
+            order = torch.cat([order, extra])
+        return order[:n]
+    counts = torch.bincount(train.y)
+    weights = (1.0 / counts.double().clamp_min(1))[train.y]
+    return torch.multinomial(weights, n, replacement=True, generator=generator)
+
+
+@torch.no_grad()
+def predict_proba(
+    model: nn.Module,
+    normalizer: Normalizer,
+    side: Side,
+    device: torch.device,
+    batch_size: int = 1024,
+) -> np.ndarray:
+    """Class probabilities of every piece of a side, in order."""
+    model.eval()
+    chunks = []
+    for start in range(0, len(side), batch_size):
+        x = side.x[start : start + batch_size].to(device, non_blocking=True)
+        rr = None if side.rr is None else side.rr[start : start + batch_size].to(device)
+        x, rr = normalizer(x, rr)
+        with _autocast(device):
+            logits = model(x, rr)
+        chunks.append(torch.softmax(logits.float(), dim=1).cpu())
+    return torch.cat(chunks).numpy() if chunks else np.zeros((0, 0), dtype=np.float32)
+
+
+def fit(
+    model: BiLSTMClassifier,
+    normalizer: Normalizer,
+    train: Side,
+    val: Side,
+    classes: list[str],
+    cfg: TrainConfig,
+    device: torch.device,
+    checkpoint: Path | None = None,
+    resume: bool = False,
+    on_epoch: Callable[[EpochLog], None] | None = None,
+    progress: bool = True,
+) -> FitState:
+    """Train ``model`` and return the state holding the weights of its best validation epoch."""
+    rank, world = distributed()
+    model.to(device)
+    normalizer.to(device)
+    net: nn.Module = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    weights = class_weights(train.y, len(classes), cfg.class_weights)
+    loss_fn = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device))
+    optimizer = _optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="max", factor=cfg.lr_factor, patience=cfg.lr_patience
+    )
+    state = FitState()
+    generator = torch.Generator().manual_seed(cfg.seed)
+    if resume and checkpoint is not None and checkpoint.exists():
+        state = _load_checkpoint(checkpoint, model, optimizer, scheduler, generator)
+        log.info("train: resuming after epoch %d from %s", state.epoch, checkpoint)
+    on_device = device.type == "cuda"
+    x_all, y_all = train.x, train.y
+    rr_all = train.rr
+    if on_device:  # the whole side fits in device memory: one copy, no per-batch transfers
+        x_all, y_all = x_all.to(device), y_all.to(device)
+        rr_all = None if rr_all is None else rr_all.to(device)
+    while state.epoch < cfg.epochs and state.bad_epochs < cfg.patience:
+        epoch = state.epoch + 1
+        started = time.perf_counter()
+        net.train()
+        order = epoch_order(train, cfg, generator)[rank::world]
+        if on_device:
+            order = order.to(device)
+        batches = range(0, len(order), cfg.batch_size)
+        bar = tqdm(
+            batches,
+            desc=f"epoch {epoch}/{cfg.epochs}",
+            unit="batch",
+            leave=False,
+            disable=None if (progress and rank == 0) else True,
+        )
+        total_loss, seen = 0.0, 0
+        for start in bar:
+            idx = order[start : start + cfg.batch_size]
+            x = x_all[idx].to(device, non_blocking=True)
+            y = y_all[idx].to(device, non_blocking=True)
+            rr = None if rr_all is None else rr_all[idx].to(device, non_blocking=True)
+            x, rr = normalizer(x, rr)
+            with _autocast(device):
+                loss = loss_fn(net(x, rr).float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.clip_grad_norm:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
+            optimizer.step()
+            total_loss += loss.item() * len(idx)
+            seen += len(idx)
+            bar.set_postfix(loss=f"{total_loss / seen:.4f}", refresh=False)
+        bar.close()
+        train_seconds = time.perf_counter() - started
+        proba = predict_proba(model, normalizer, val, device)
+        y_val = val.y.numpy()
+        val_pred = proba.argmax(axis=1) if len(proba) else np.zeros(0, dtype=np.int64)
+        scores = from_confusion(confusion(y_val, val_pred, len(classes)), classes)
+        val_loss = (
+            float(
+                nn.functional.nll_loss(
+                    torch.log(torch.from_numpy(proba).clamp_min(1e-12)), val.y
+                ).item()
+            )
+            if len(proba)
+            else float("nan")
+        )
+        entry = EpochLog(
+            epoch=epoch,
+            train_loss=total_loss / max(seen, 1),
+            val_loss=val_loss,
+            val_accuracy=scores["accuracy"],
+            val_macro_precision=scores["macro_precision"],
+            val_macro_recall=scores["macro_recall"],
+            val_macro_f1=scores["macro_f1"],
+            lr=optimizer.param_groups[0]["lr"],
+            epoch_seconds=time.perf_counter() - started,
+            train_beats_per_s=seen * world / max(train_seconds, 1e-9),
+        )
+        f1 = 0.0 if math.isnan(entry.val_macro_f1) else entry.val_macro_f1
+        scheduler.step(f1)
+        state.epoch = epoch
+        state.history.append(vars(entry))
+        if f1 > state.best_f1:
+            state.best_f1, state.best_epoch, state.bad_epochs = f1, epoch, 0
+            state.best_weights = {
+                k: v.detach().cpu().clone() for k, v in model.state_dict().items()
+            }
+        else:
+            state.bad_epochs += 1
+        if rank == 0:
+            log.info(
+                "epoch %d: train loss %.4f, val loss %.4f, val macro-F1 %.4f%s (%.0f s, "
+                "%.0f beats/s)",
+                epoch,
+                entry.train_loss,
+                entry.val_loss,
+                entry.val_macro_f1,
+                "  best" if state.best_epoch == epoch else "",
+                entry.epoch_seconds,
+                entry.train_beats_per_s,
+            )
+            if checkpoint is not None:
+                _save_checkpoint(checkpoint, model, optimizer, scheduler, generator, state)
+            if on_epoch:
+                on_epoch(entry)
+    if state.bad_epochs >= cfg.patience and rank == 0:
+        log.info(
+            "train: stopped early after epoch %d; kept epoch %d (val macro-F1 %.4f)",
+            state.epoch,
+            state.best_epoch,
+            state.best_f1,
+        )
+    if state.best_weights is not None:
+        model.load_state_dict(state.best_weights)
+    return state
+
+
+def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
+    kind = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return kind(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _autocast(device: torch.device):
+    """bf16 autocast on GPUs that support it; nothing on CPU, where it would slow the LSTM."""
+    enabled = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def _save_checkpoint(path, model, optimizer, scheduler, generator, state: FitState) -> None:
+    payload = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "generator": generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "state": {k: v for k, v in vars(state).items() if k != "best_weights"},
+        "best_weights": state.best_weights,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path, model, optimizer, scheduler, generator) -> FitState:
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(payload["model"])
+    optimizer.load_state_dict(payload["optimizer"])
+    scheduler.load_state_dict(payload["scheduler"])
+    generator.set_state(payload["generator"])
+    torch.set_rng_state(payload["torch_rng"])
+    return FitState(**payload["state"], best_weights=payload["best_weights"])
+
+
+# ----------------------------------------------------------------------------- the stage
+
+
+def train_stage(ctx: StageContext) -> None:
+    """One model per fold (one for de Chazal), each logged to MLflow with its history."""
+    config = ctx.config
+    cfg = config.train
+    device = select_device(ctx.options.get("device") or cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    rank, world = distributed()
+    split_meta = json.loads((ctx.inputs["split"] / "meta.json").read_text())
+    folds = split_meta["folds"]
+    uri = ctx.options.get("tracking_uri") or config.tracking_uri
+    tracker = Tracker(uri, config.experiment) if rank == 0 else None
+    tags = {
+        "pipeline": config.name,
+        "git_commit": git_commit(config.root),
+        "ecg_version": __version__,
+        "torch_version": torch.__version__,
+        "device": device_description(device),
+        "processes": str(world),
+        "split_protocol": split_meta["protocol"],
+        "raw_data_digest": sha256_file(ctx.inputs["download"] / "records.json"),
+        "dataset_digest": sha256_file(ctx.inputs["preprocess"] / "index.parquet"),
+    }
+    parent = tracker.start(f"{config.name}", tags) if tracker else ""
+    try:
+        if tracker:
+            tracker.log_params(parent, flatten(to_dict(config)))
+        fold_runs, model_uris = [], []
+        for fold in range(folds):
+            run_id = parent
+            if tracker and folds > 1:
+                run_id = tracker.start(
+                    f"{config.name} fold {fold}", {**tags, "fold": str(fold)}, parent=parent
+                )
+            uri_of_model = _train_fold(ctx, fold, folds, device, tracker, run_id)
+            fold_runs.append(run_id)
+            model_uris.append(uri_of_model)
+            if tracker and folds > 1:
+                tracker.finish(run_id)
+        if tracker:
+            tracker.finish(parent)
+    except BaseException as exc:
+        if tracker:
+            tracker.fail(parent, exc)
+        raise
+    (ctx.out / "run.json").write_text(
+        json.dumps(
+            {
+                "run_id": parent,
+                "fold_runs": fold_runs,
+                "model_uris": model_uris,
+                "tracking_uri": uri,
+                "experiment": config.experiment,
+                "folds": folds,
+                "device": tags["device"],
+            },
+            indent=1,
+        )
+    )
+
+
+def _train_fold(ctx, fold, folds, device, tracker, run_id) -> str:
+    config = ctx.config
+    cfg, mcfg = config.train, config.model
+    data = load_fold(
+        ctx.inputs["preprocess"],
+        ctx.inputs["split"],
+        config.split.protocol,
+        fold,
+        classes=cfg.classes,
+        rr_names=mcfg.rr_features if mcfg.use_rr else None,
+        sides=("train", "val"),
+    )
+    train, val = data.sides["train"], data.sides["val"]
+    if len(train) == 0 or len(val) == 0:
+        raise EcgError(
+            f"fold {fold}: {len(train)} training and {len(val)} validation pieces; "
+            "both sides need some"
+        )
+    seed_everything(cfg.seed + fold)
+    n_rr = len(data.rr_names)
+    model = BiLSTMClassifier(
+        data.n_leads, len(data.classes), n_rr, mcfg.hidden, mcfg.layers, mcfg.dropout, mcfg.pooling
+    )
+    normalizer = fit_normalizer(train, mcfg.input_norm == "window")
+    where = f" (fold {fold + 1}/{folds})" if folds > 1 else ""
+    log.info(
+        "train%s: %s training and %s validation pieces, classes %s, on %s",
+        where,
+        f"{len(train):,}",
+        f"{len(val):,}",
+        "/".join(data.classes),
+        device,
+    )
+    if tracker:
+        summary = data.index.loc[train.rows, ["record", "patient", "label"]]
+        tracker.log_dataset(
+            run_id,
+            summary.reset_index(drop=True),
+            f"{config.name}-train",
+            config.relative(ctx.inputs["preprocess"]),
+            "training",
+        )
+
+    def on_epoch(entry: EpochLog) -> None:
+        if tracker:
+            tracker.log_metrics(
+                run_id, {k: v for k, v in vars(entry).items() if k != "epoch"}, step=entry.epoch
+            )
+
+    state = fit(
+        model,
+        normalizer,
+        train,
+        val,
+        data.classes,
+        cfg,
+        device,
+        checkpoint=ctx.scratch / f"fold_{fold}" / "last.pt",
+        resume=bool(ctx.options.get("resume")),
+        on_epoch=on_epoch,
+    )
+    model.cpu()
+    normalizer.cpu()
+    out = ctx.out / f"fold_{fold}"
+    out.mkdir()
+    spec = model_spec(config, data, n_rr)
+    torch.save(
+        {
+            "spec": spec,
+            "classifier": model.state_dict(),
+            "normalizer": normalizer.state_dict(),
+            "best_epoch": state.best_epoch,
+            "best_val_macro_f1": state.best_f1,
+        },
+        out / "model.pt",
+    )
+    pd.DataFrame(state.history).to_csv(out / "history.csv", index=False)
+    if not tracker:
+        return ""
+    tracker.log_metrics(
+        run_id, {"best_epoch": state.best_epoch, "best_val_macro_f1": state.best_f1}
+    )
+    packaged = PackagedClassifier(model, normalizer, data.n_leads, n_rr).eval()
+    example = pack(train.x[:4], None if train.rr is None else train.rr[:4]).numpy()
+    started = time.perf_counter()
+    model_uri = tracker.log_model(
+        run_id, packaged, example, config.registered_model if folds == 1 else None, _requirements()
+    )
+    log.info(
+        "train%s: model logged to MLflow in %.1f s (%s)",
+        where,
+        time.perf_counter() - started,
+        model_uri,
+    )
+    tracker.log_artifact(run_id, out / "history.csv")
+    return model_uri
+
+
+def model_spec(config, data, n_rr: int) -> dict:
+    """Everything needed to rebuild the model and prepare its input, stored beside the weights."""
+    return {
+        "n_leads": data.n_leads,
+        "n_classes": len(data.classes),
+        "n_rr": n_rr,
+        "classes": list(data.classes),
+        "rr_features": list(data.rr_names),
+        "model": to_dict(config.model),
+        "signal": to_dict(config.signal),
+        "segment": to_dict(config.segment),
+        "window_samples": int(data.meta["window_samples"]),
+        "database": config.download.database,
+    }
+
+
+def load_classifier(path: Path) -> tuple[BiLSTMClassifier, Normalizer, dict]:
+    """Rebuild a trained model from ``model.pt`` (never unpickled: ``weights_only=True``)."""
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    spec = payload["spec"]
+    m = spec["model"]
+    model = BiLSTMClassifier(
+        spec["n_leads"],
+        spec["n_classes"],
+        spec["n_rr"],
+        m["hidden"],
+        m["layers"],
+        m["dropout"],
+        m["pooling"],
+    )
+    model.load_state_dict(payload["classifier"])
+    n_rr = spec["n_rr"]
+    normalizer = Normalizer(
+        torch.zeros(spec["n_leads"]),
+        torch.ones(spec["n_leads"]),
+        torch.zeros(n_rr),
+        torch.ones(n_rr),
+        m["input_norm"] == "window",
+    )
+    normalizer.load_state_dict(payload["normalizer"])
+    return model.eval(), normalizer.eval(), spec
+
+
+def _requirements() -> list[str]:
+    """Pinned from what is installed; torch's local label (+cpu) is dropped so the pin also
+    matches a CUDA build of the same release."""
+    pins = [f"torch=={torch.__version__.split('+')[0]}"]
+    for package in ("numpy", "mlflow"):
+        pins.append(f"{package}=={version(package)}")
+    return pins
