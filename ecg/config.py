@@ -188,7 +188,7 @@ class TrainConfig:
     """The fit loop. Model selection only ever looks at validation patients."""
 
     classes: tuple[str, ...] = ()
-    """Classes to learn and evaluate; pieces of other classes are set aside (counted). Empty: all."""
+    """Classes to learn and evaluate; pieces of others are set aside (and counted). Empty: all."""
     epochs: int = 15
     batch_size: int = 256
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
