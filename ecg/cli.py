@@ -69,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     _pipeline_args(status)
     status.set_defaults(handler=cmd_status)
 
+    ui = commands.add_parser("ui", help="open the MLflow UI on the pipeline's tracking store")
+    _pipeline_args(ui)
+    ui.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default 5000)")
+    ui.set_defaults(handler=cmd_ui)
+
     for stage in STAGES:
         sub = commands.add_parser(
             stage.name, help=f"{stage.help} (runs stale upstream stages first)"
@@ -188,6 +193,17 @@ def cmd_status(args: argparse.Namespace) -> int:
         for reason in status.reasons:
             print(f"  {'':<{width}}    - {reason}")
     return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from ecg.tracking import ui_command
+
+    config = load(args)
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or config.tracking_uri
+    print(f"MLflow UI for {uri}: http://127.0.0.1:{args.port}  (Ctrl-C to stop)", flush=True)
+    return subprocess.call(ui_command(uri, args.port))
 
 
 def _announce(stage: Stage, reasons: tuple[str, ...]) -> None:

@@ -1,0 +1,125 @@
+"""Training and inference speed of a pipeline's model on its real data, with peak memory.
+
+    ecg run mitdb --until split                 # once, so the dataset is built
+    python benchmarks/train_speed.py mitdb --device cpu --repeats 5
+
+Training: beats/s over whole optimiser steps (forward, backward, Adam) on batches of the training
+side; inference: beats/s of the packaged model (normalisation + BiLSTM + softmax) on batches of
+1024 test beats. Each figure is the median of ``--repeats`` timed passes after one warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import time
+
+import torch
+
+from ecg.config import find_pipeline, load_config
+from ecg.dataset import load_fold
+from ecg.model import BiLSTMClassifier, PackagedClassifier, pack
+from ecg.pipeline import engine_for
+from ecg.train import class_weights, fit_normalizer, select_device
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("pipeline", nargs="?", default="mitdb")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--train-batches", type=int, default=40)
+    parser.add_argument("--infer-beats", type=int, default=20480)
+    args = parser.parse_args()
+    config = load_config(find_pipeline(args.pipeline))
+    engine = engine_for(config)
+    device = select_device(args.device)
+    if config.train.threads and device.type == "cpu":
+        torch.set_num_threads(config.train.threads)
+    mcfg, tcfg = config.model, config.train
+    data = load_fold(
+        engine.out_dir("preprocess"),
+        engine.out_dir("split"),
+        config.split.protocol,
+        0,
+        classes=tcfg.classes,
+        rr_names=mcfg.rr_features if mcfg.use_rr else None,
+        sides=("train", "test"),
+    )
+    train, test = data.sides["train"], data.sides["test"]
+    n_rr = len(data.rr_names)
+    model = BiLSTMClassifier(
+        data.n_leads, len(data.classes), n_rr, mcfg.hidden, mcfg.layers, mcfg.dropout, mcfg.pooling
+    ).to(device)
+    normalizer = fit_normalizer(train, mcfg.input_norm == "window").to(device)
+    weights = class_weights(train.y, len(data.classes), tcfg.class_weights)
+    loss_fn = torch.nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device))
+    optimizer = torch.optim.Adam(model.parameters(), lr=tcfg.lr)
+    bs = tcfg.batch_size
+    x_all = train.x.to(device)
+    rr_all = None if train.rr is None else train.rr.to(device)
+    y_all = train.y.to(device)
+
+    def train_pass() -> float:
+        model.train()
+        order = torch.randperm(len(train), device=device)[: bs * args.train_batches]
+        sync(device)
+        started = time.perf_counter()
+        for start in range(0, len(order), bs):
+            idx = order[start : start + bs]
+            x, rr = normalizer(x_all[idx], None if rr_all is None else rr_all[idx])
+            loss = loss_fn(model(x, rr), y_all[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        sync(device)
+        return len(order) / (time.perf_counter() - started)
+
+    packaged = PackagedClassifier(model, normalizer, data.n_leads, n_rr).eval()
+    n = min(args.infer_beats, len(test))
+    packed = pack(test.x[:n], None if test.rr is None else test.rr[:n]).to(device)
+
+    @torch.no_grad()
+    def infer_pass() -> float:
+        sync(device)
+        started = time.perf_counter()
+        for start in range(0, n, 1024):
+            packaged(packed[start : start + 1024])
+        sync(device)
+        return n / (time.perf_counter() - started)
+
+    train_pass(), infer_pass()  # warm-up
+    train_rates = [train_pass() for _ in range(args.repeats)]
+    infer_rates = [infer_pass() for _ in range(args.repeats)]
+    peak = (
+        torch.cuda.max_memory_allocated(device) / 2**20
+        if device.type == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    )
+    print(
+        f"{args.pipeline}: BiLSTM hidden {mcfg.hidden}, {mcfg.layers} layers, pooling "
+        f"{mcfg.pooling}, {data.n_leads} lead(s) x {train.x.shape[1]} samples, {n_rr} RR "
+        f"features, batch {bs}; device {device} ({torch.get_num_threads()} CPU threads)"
+    )
+    print(
+        f"  training:  median {statistics.median(train_rates):,.0f} beats/s "
+        f"(min {min(train_rates):,.0f}, max {max(train_rates):,.0f}; {args.repeats} passes "
+        f"of {args.train_batches} batches)"
+    )
+    print(
+        f"  inference: median {statistics.median(infer_rates):,.0f} beats/s "
+        f"(min {min(infer_rates):,.0f}, max {max(infer_rates):,.0f}; {args.repeats} passes "
+        f"of {n:,} beats)"
+    )
+    what = "GPU memory allocated" if device.type == "cuda" else "RSS"
+    print(f"  peak {what}: {peak:,.0f} MB")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""MLflow: the smoke pipeline against a real `mlflow server` over HTTP, read back by a user."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ecg.cli import main
+from ecg.tracking import Tracker
+
+from conftest import write_pipeline
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = _free_port()
+    server_log = open(root / "server.log", "w")  # noqa: SIM115 - open for the server's lifetime
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{root / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(root / "artifacts"),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=server_log,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"mlflow server did not start: {(root / 'server.log').read_text()}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)  # stopped by PID, with its workers
+        process.wait(timeout=30)
+        server_log.close()
+
+
+def _smoke_project(tmp_path, fixtures) -> Path:
+    text = (REPO / "pipelines" / "smoke.yaml").read_text()
+    text = text.replace("source: tests/fixtures/mitdb", f"source: {fixtures / 'mitdb'}")
+    return write_pipeline(tmp_path, "smoke", text)
+
+
+@pytest.mark.slow
+def test_smoke_pipeline_logs_everything_to_a_real_mlflow_server(
+    mlflow_server, tmp_path, fixtures, monkeypatch
+):
+    import mlflow
+
+    monkeypatch.chdir(tmp_path)
+    _smoke_project(tmp_path, fixtures)
+    assert main(["run", "smoke", "--tracking-uri", mlflow_server]) == 0
+    assert not (tmp_path / "mlflow.db").exists()  # nothing went to a local store
+
+    mlflow.set_tracking_uri(mlflow_server)
+    runs = mlflow.search_runs(experiment_names=["smoke"])
+    assert len(runs) == 1
+    run = runs.iloc[0]
+    assert run["status"] == "FINISHED"
+    assert run["params.model.hidden"] == "16"
+    assert run["params.split.protocol"] == "dechazal"
+    assert run["tags.split_protocol"] == "dechazal"
+    assert run["tags.git_commit"]
+    metrics = json.loads(next((tmp_path / "reports" / "smoke").glob("*/metrics.json")).read_text())
+    assert run["run_id"] == metrics["run_id"]
+    assert run["metrics.test_accuracy"] == pytest.approx(metrics["test"]["metrics"]["accuracy"])
+    assert run["metrics.test_S_recall"] == pytest.approx(metrics["test"]["metrics"]["S_recall"])
+    history = mlflow.MlflowClient().get_metric_history(run["run_id"], "val_macro_f1")
+    assert [m.step for m in history] == [1, 2, 3]
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run["run_id"])}
+    assert {"metrics.json", "predictions.csv", "confusion_matrix.png"} <= artifacts
+
+    model = mlflow.pyfunc.load_model("models:/ecg-smoke/1")
+    example = np.zeros((3, 90, 1 + 9), dtype=np.float32)
+    example[..., 1:] = 1.0  # RR features: a steady 1 s rhythm
+    proba = np.asarray(model.predict(example))
+    assert proba.shape == (3, 4)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_a_failed_stage_marks_the_run_failed_and_keeps_what_was_logged(tmp_path):
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "failures")
+    run_id = tracker.start("doomed", {"pipeline": "x"})
+    tracker.log_metrics(run_id, {"val_macro_f1": 0.5}, step=1)
+    tracker.fail(run_id, RuntimeError("disk full"))
+    run = tracker.run(run_id)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["error"] == "RuntimeError: disk full"
+    assert run.data.metrics["val_macro_f1"] == 0.5
+
+
+def test_the_default_store_is_in_the_project_data_folder(tmp_path, fixtures, monkeypatch):
+    from ecg.config import load_config
+
+    path = _smoke_project(tmp_path, fixtures)
+    monkeypatch.chdir("/")
+    config = load_config(path)
+    assert config.tracking_uri == f"sqlite:///{tmp_path / 'data' / 'mlflow.db'}"
