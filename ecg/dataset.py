@@ -44,8 +44,8 @@ class FoldData:
     rr_names: list[str]
     sides: dict[str, Side]
     index: pd.DataFrame
-    set_aside: dict[str, int]
-    """Pieces of classes the model does not learn, by class."""
+    set_aside: dict[str, dict[str, int]]
+    """Pieces of the loaded sides whose class the model does not learn: side -> class -> n."""
     meta: dict
 
     @property
@@ -84,11 +84,14 @@ def load_fold(
                 f"(it has {', '.join(meta['rr_features']) or 'none'})"
             )
     keep_class = index["label"].isin(wanted).to_numpy()
-    set_aside = index.loc[~keep_class, "label"].value_counts().to_dict()
+    set_aside = {}
     class_id = {c: i for i, c in enumerate(wanted)}
     result = {}
     for side in sides:
-        rows = np.flatnonzero((split[column].to_numpy() == side) & keep_class)
+        on_side = split[column].to_numpy() == side
+        rows = np.flatnonzero(on_side & keep_class)
+        aside = index.loc[on_side & ~keep_class, "label"].value_counts()
+        set_aside[side] = {str(k): int(v) for k, v in aside.items()}
         x = torch.from_numpy(np.ascontiguousarray(windows[rows], dtype=np.float32))
         rr = None
         if names:
@@ -97,4 +100,4 @@ def load_fold(
             index.loc[rows, "label"].map(class_id).to_numpy(dtype=np.int64, copy=True)
         )
         result[side] = Side(x, rr, y, rows)
-    return FoldData(wanted, names, result, index, {k: int(v) for k, v in set_aside.items()}, meta)
+    return FoldData(wanted, names, result, index, set_aside, meta)

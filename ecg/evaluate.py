@@ -93,7 +93,8 @@ def evaluate_stage(ctx: StageContext) -> None:
             rr_names=spec["rr_features"] if spec["n_rr"] else None,
             sides=("test",),
         )
-        set_aside = data.set_aside
+        for label, n in data.set_aside["test"].items():
+            set_aside[label] = set_aside.get(label, 0) + n
         test = data.sides["test"]
         with torch.no_grad():
             proba = predict_proba(model.to(device), normalizer.to(device), test, device)
