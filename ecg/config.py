@@ -125,6 +125,10 @@ class SegmentConfig:
     """Lead the R-peak detector runs on."""
     rr_local_beats: int = 10
     rr_average_s: float = 300.0
+    beat_template: bool = False
+    """Beats: add, for each lead, the beat minus the record's median beat. Across patients what
+    marks an ectopic beat is how it differs from this patient's usual beat (as the RR ratios do
+    for timing); the median needs no labels."""
     window_s: float = 2.56
     """Windows: length in seconds."""
     stride_s: float = 2.56

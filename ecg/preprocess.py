@@ -129,6 +129,8 @@ def _beats(job, report, y, fs, fs_new, r, classes, symbols) -> RecordResult:
     centers = signal.rescale_samples(r, fs, fs_new)
     before, after = round(seg.pre_s * fs_new), round(seg.post_s * fs_new)
     windows, keep = segment.beat_windows(y, centers, before, after)
+    if seg.beat_template:
+        windows = segment.with_template_difference(windows)
     report.dropped_at_edges = int((~keep).sum())
     report.dropped_at_edges_by_class = dict(Counter(classes[~keep].tolist()))
     table = pd.DataFrame({"sample": r[keep], "label": classes[keep], "symbol": symbols[keep]})

@@ -30,6 +30,15 @@ def beat_windows(
     return x[index], keep
 
 
+def with_template_difference(windows: np.ndarray) -> np.ndarray:
+    """(beats, time, leads) -> (beats, time, 2 x leads): each lead, then the lead minus the
+    record's median beat (its typical morphology)."""
+    if len(windows) == 0:
+        return np.concatenate([windows, windows], axis=2)
+    template = np.median(windows, axis=0, keepdims=True)
+    return np.concatenate([windows, windows - template], axis=2)
+
+
 def sliding_windows(x: np.ndarray, length: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
     """Windows of ``length`` samples every ``stride`` samples; a short tail is dropped.
 
