@@ -122,8 +122,36 @@ def evaluate_stage(ctx: StageContext) -> None:
     if config.split.protocol == "dechazal":
         strict = predictions[~predictions["record"].isin(STRICT_DROPS)]
         result["test_strict"] = score(strict, classes, cfg.bootstrap, cfg.confidence, cfg.seed)
+    examples = example_beats(predictions, ctx.inputs["preprocess"], classes, config.evaluate.seed)
+    np.savez_compressed(ctx.out / "examples.npz", **examples)
     _write(ctx, result, predictions, run)
     _log_headline(result)
+
+
+def example_beats(predictions: pd.DataFrame, preprocess_dir: Path, classes: list[str],
+                  seed: int, per_class: int = 3) -> dict[str, np.ndarray]:
+    """A few right and wrong test pieces of each class, with their signal, for the report."""
+    from ecg.preprocess import load_pieces
+
+    windows, _, meta = load_pieces(preprocess_dir)
+    rng = np.random.default_rng(seed)
+    picked = []
+    for name in classes:
+        of_class = predictions[predictions["true"] == name]
+        for right in (True, False):
+            pool = of_class[(of_class["predicted"] == name) == right]
+            if len(pool):
+                picked += list(rng.choice(pool.index.to_numpy(), min(per_class, len(pool)),
+                                          replace=False))
+    chosen = predictions.loc[picked]
+    return {
+        "windows": np.asarray(windows[chosen["row"].to_numpy()], dtype=np.float32),
+        "true": chosen["true"].to_numpy(dtype=str),
+        "predicted": chosen["predicted"].to_numpy(dtype=str),
+        "record": chosen["record"].to_numpy(dtype=str),
+        "sample": chosen["sample"].to_numpy(),
+        "fs": np.asarray(meta["fs"]),
+    }
 
 
 def _prediction_table(index, rows, y_true, proba, classes, fold) -> pd.DataFrame:
@@ -138,6 +166,7 @@ def _prediction_table(index, rows, y_true, proba, classes, fold) -> pd.DataFrame
             "true_id": y_true,
             "predicted_id": y_pred,
             "fold": fold,
+            "row": rows,
         }
     )
     for i, name in enumerate(classes):
@@ -148,7 +177,7 @@ def _prediction_table(index, rows, y_true, proba, classes, fold) -> pd.DataFrame
 def _write(ctx: StageContext, result: dict, predictions: pd.DataFrame, run: dict) -> None:
     config = ctx.config
     (ctx.out / "metrics.json").write_text(json.dumps(result, indent=1))
-    columns = [c for c in predictions.columns if not c.endswith("_id")]
+    columns = [c for c in predictions.columns if not c.endswith("_id") and c != "row"]
     predictions[columns].to_csv(ctx.out / "predictions.csv", index=False, float_format="%.5f")
     confusion_matrix_png(
         np.asarray(result["test"]["confusion"]),
@@ -158,7 +187,7 @@ def _write(ctx: StageContext, result: dict, predictions: pd.DataFrame, run: dict
     )
     report_dir = config.resolve("reports") / config.name / run["run_id"]
     report_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("metrics.json", "predictions.csv", "confusion_matrix.png"):
+    for name in ("metrics.json", "predictions.csv", "confusion_matrix.png", "examples.npz"):
         shutil.copyfile(ctx.out / name, report_dir / name)
     tracker = Tracker(run["tracking_uri"], run["experiment"])
     tracker.reopen(run["run_id"])
@@ -171,7 +200,7 @@ def _write(ctx: StageContext, result: dict, predictions: pd.DataFrame, run: dict
                 {f"test_strict_{k}": v for k, v in result["test_strict"]["metrics"].items()}
             )
         tracker.log_metrics(run["run_id"], flat)
-        for name in ("metrics.json", "predictions.csv", "confusion_matrix.png"):
+        for name in ("metrics.json", "predictions.csv", "confusion_matrix.png", "examples.npz"):
             tracker.log_artifact(run["run_id"], ctx.out / name)
     except BaseException as exc:
         tracker.fail(run["run_id"], exc)

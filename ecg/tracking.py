@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import tempfile
 import warnings
 from collections.abc import Mapping
@@ -93,6 +94,14 @@ class Tracker:
 
     def log_artifact(self, run_id: str, path: Path, folder: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), folder)
+
+    def log_artifact_as(self, run_id: str, path: Path, name: str) -> None:
+        """Log ``path`` under another artifact name, e.g. ``data/records.csv``."""
+        target = Path(name)
+        with tempfile.TemporaryDirectory() as tmp:
+            copy = Path(tmp) / target.name
+            shutil.copyfile(path, copy)
+            self.client.log_artifact(run_id, str(copy), target.parent.as_posix() or None)
 
     def log_json(self, run_id: str, data: Any, name: str) -> None:
         with tempfile.TemporaryDirectory() as tmp:

@@ -364,6 +364,12 @@ def train_stage(ctx: StageContext) -> None:
     try:
         if tracker:
             tracker.log_params(parent, flatten(to_dict(config)))
+            # What the report's data section needs, kept with the run so any past run renders.
+            for stage, name, target in (("split", "summary.csv", "split_summary.csv"),
+                                        ("split", "meta.json", "split_meta.json"),
+                                        ("preprocess", "records.csv", "records.csv"),
+                                        ("preprocess", "meta.json", "preprocess_meta.json")):
+                tracker.log_artifact_as(parent, ctx.inputs[stage] / name, f"data/{target}")
         fold_runs, model_uris = [], []
         for fold in range(folds):
             run_id = parent
@@ -371,7 +377,7 @@ def train_stage(ctx: StageContext) -> None:
                 run_id = tracker.start(
                     f"{config.name} fold {fold}", {**tags, "fold": str(fold)}, parent=parent
                 )
-            uri_of_model = _train_fold(ctx, fold, folds, device, tracker, run_id)
+            uri_of_model = _train_fold(ctx, fold, folds, device, tracker, run_id, parent)
             fold_runs.append(run_id)
             model_uris.append(uri_of_model)
             if tracker and folds > 1:
@@ -398,7 +404,7 @@ def train_stage(ctx: StageContext) -> None:
     )
 
 
-def _train_fold(ctx, fold, folds, device, tracker, run_id) -> str:
+def _train_fold(ctx, fold, folds, device, tracker, run_id, parent) -> str:
     config = ctx.config
     cfg, mcfg = config.train, config.model
     data = load_fold(
@@ -493,6 +499,9 @@ def _train_fold(ctx, fold, folds, device, tracker, run_id) -> str:
         model_uri,
     )
     tracker.log_artifact(run_id, out / "history.csv")
+    if folds > 1:
+        tracker.log_artifact_as(parent, out / "history.csv",
+                                f"history/fold_{fold}.csv")
     return model_uri
 
 
