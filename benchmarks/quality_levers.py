@@ -27,14 +27,18 @@ def run_lever(pipeline: str, overrides: list[str]) -> dict:
     subprocess.run(command, check=True)
     seconds = time.perf_counter() - started
     config = load_config(find_pipeline(pipeline), overrides)
-    run = json.loads((config.data_path / "processed" / config.name / "train" / "run.json")
-                     .read_text())
-    metrics = json.loads((config.data_path / "processed" / config.name / "evaluate" /
-                          "metrics.json").read_text())
+    run = json.loads(
+        (config.data_path / "processed" / config.name / "train" / "run.json").read_text()
+    )
+    metrics = json.loads(
+        (config.data_path / "processed" / config.name / "evaluate" / "metrics.json").read_text()
+    )
     import torch
 
-    model = torch.load(config.data_path / "processed" / config.name / "train" / "fold_0" /
-                       "model.pt", weights_only=True)
+    model = torch.load(
+        config.data_path / "processed" / config.name / "train" / "fold_0" / "model.pt",
+        weights_only=True,
+    )
     test = metrics["test"]["metrics"]
     return {
         "overrides": overrides,
@@ -42,10 +46,21 @@ def run_lever(pipeline: str, overrides: list[str]) -> dict:
         "seconds": round(seconds, 1),
         "best_epoch": model["best_epoch"],
         "val_macro_f1": model["best_val_macro_f1"],
-        "test": {k: test[k] for k in ("accuracy", "macro_f1", "S_recall", "S_precision",
-                                      "S_f1", "V_recall", "V_precision", "V_f1", "F_f1")},
-        "test_strict_accuracy": metrics.get("test_strict", {}).get("metrics", {})
-        .get("accuracy"),
+        "test": {
+            k: test[k]
+            for k in (
+                "accuracy",
+                "macro_f1",
+                "S_recall",
+                "S_precision",
+                "S_f1",
+                "V_recall",
+                "V_precision",
+                "V_f1",
+                "F_f1",
+            )
+        },
+        "test_strict_accuracy": metrics.get("test_strict", {}).get("metrics", {}).get("accuracy"),
     }
 
 
@@ -60,10 +75,12 @@ def main() -> None:
         with args.out.open("a") as f:
             f.write(json.dumps(result) + "\n")
         t = result["test"]
-        print(f"{lever or 'baseline'}: val macro-F1 {result['val_macro_f1']:.4f} | DS2 acc "
-              f"{t['accuracy']:.4f} macro-F1 {t['macro_f1']:.4f} S-F1 {t['S_f1']:.4f} "
-              f"V-F1 {t['V_f1']:.4f} ({result['seconds']:.0f} s, run {result['run_id']})",
-              flush=True)
+        print(
+            f"{lever or 'baseline'}: val macro-F1 {result['val_macro_f1']:.4f} | DS2 acc "
+            f"{t['accuracy']:.4f} macro-F1 {t['macro_f1']:.4f} S-F1 {t['S_f1']:.4f} "
+            f"V-F1 {t['V_f1']:.4f} ({result['seconds']:.0f} s, run {result['run_id']})",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

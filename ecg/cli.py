@@ -74,13 +74,41 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default 5000)")
     ui.set_defaults(handler=cmd_ui)
 
+    runs = commands.add_parser("runs", help="past runs of a pipeline as a table")
+    _pipeline_args(runs)
+    runs.add_argument("--sort", metavar="METRIC", help="e.g. test_macro_f1 (highest first)")
+    runs.add_argument("--limit", type=int, default=20, help="how many runs (default 20)")
+    runs.set_defaults(handler=cmd_runs)
+
     for stage in STAGES:
+        if stage.name == "report":
+            continue
         sub = commands.add_parser(
             stage.name, help=f"{stage.help} (runs stale upstream stages first)"
         )
         _pipeline_args(sub)
         sub.add_argument("--force", action="store_true", help="run it even if it is fresh")
         sub.set_defaults(handler=cmd_stage, stage=stage.name)
+
+    report = commands.add_parser(
+        "report", help="render a run's report: the pipeline's latest model, or any past run"
+    )
+    _pipeline_args(report)
+    which = report.add_mutually_exclusive_group()
+    which.add_argument("--run", metavar="RUN_ID", help="a past run of the pipeline")
+    which.add_argument(
+        "--latest", action="store_true", help="the newest finished run in the pipeline's experiment"
+    )
+    report.add_argument(
+        "--compare",
+        metavar="RUN_ID",
+        nargs="+",
+        default=[],
+        help="runs to set beside it: config and metric differences",
+    )
+    report.add_argument("--format", default="html,md", help="html, md or html,md (default)")
+    report.add_argument("--force", action="store_true", help="run the report stage even if fresh")
+    report.set_defaults(handler=cmd_report, stage="report")
     return parser
 
 
@@ -195,13 +223,62 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    if not (args.run or args.latest or args.compare):
+        return cmd_stage(args)
+    from ecg.report import write_report
+    from ecg.tracking import Tracker
+
+    config = load(args)
+    tracker = Tracker(_tracking_uri(args, config), config.experiment)
+    run_id = args.run or _latest_run(tracker, config.name)
+    out = config.resolve("reports") / config.name / run_id
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    written = write_report(tracker, run_id, out, formats, args.compare)
+    for path in written:
+        if path.name.startswith("report."):
+            print(config.relative(path))
+    return 0
+
+
+def _latest_run(tracker, pipeline: str) -> str:
+    runs = tracker.search(max_results=50)
+    if not runs.empty and "tags.mlflow.parentRunId" in runs.columns:
+        runs = runs[runs["tags.mlflow.parentRunId"].isna()]
+    if not runs.empty:
+        runs = runs[runs["status"] == "FINISHED"]
+    if not runs.empty and "metrics.test_accuracy" in runs.columns:
+        runs = runs[runs["metrics.test_accuracy"].notna()]
+    if runs.empty:
+        raise EcgError(f"no finished, evaluated run of {pipeline} in {tracker.uri}")
+    return str(runs.iloc[0]["run_id"])
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from ecg.report.runs import runs_table
+    from ecg.tracking import Tracker
+
+    config = load(args)
+    tracker = Tracker(_tracking_uri(args, config), config.experiment)
+    table = runs_table(tracker, args.sort, args.limit)
+    if table.empty:
+        print(f"no runs of {config.name} in {tracker.uri}")
+    else:
+        print(table.to_string(index=False))
+    return 0
+
+
+def _tracking_uri(args: argparse.Namespace, config: PipelineConfig) -> str:
+    return args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or config.tracking_uri
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     import subprocess
 
     from ecg.tracking import ui_command
 
     config = load(args)
-    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or config.tracking_uri
+    uri = _tracking_uri(args, config)
     print(f"MLflow UI for {uri}: http://127.0.0.1:{args.port}  (Ctrl-C to stop)", flush=True)
     return subprocess.call(ui_command(uri, args.port))
 

@@ -241,6 +241,16 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class ReportConfig:
+    """The report rendered at the end of every run."""
+
+    formats: tuple[Literal["html", "md"], ...] = ("html", "md")
+
+    def __post_init__(self) -> None:
+        _check(len(self.formats) >= 1, "formats", "html and/or md")
+
+
+@dataclass(frozen=True)
 class TrackingConfig:
     """Where runs are recorded. The default is a SQLite store inside the project's data folder."""
 
@@ -264,6 +274,7 @@ class PipelineConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     description: str = ""
     data_dir: str = "data"

@@ -128,8 +128,13 @@ def evaluate_stage(ctx: StageContext) -> None:
     _log_headline(result)
 
 
-def example_beats(predictions: pd.DataFrame, preprocess_dir: Path, classes: list[str],
-                  seed: int, per_class: int = 3) -> dict[str, np.ndarray]:
+def example_beats(
+    predictions: pd.DataFrame,
+    preprocess_dir: Path,
+    classes: list[str],
+    seed: int,
+    per_class: int = 3,
+) -> dict[str, np.ndarray]:
     """A few right and wrong test pieces of each class, with their signal, for the report."""
     from ecg.preprocess import load_pieces
 
@@ -141,8 +146,9 @@ def example_beats(predictions: pd.DataFrame, preprocess_dir: Path, classes: list
         for right in (True, False):
             pool = of_class[(of_class["predicted"] == name) == right]
             if len(pool):
-                picked += list(rng.choice(pool.index.to_numpy(), min(per_class, len(pool)),
-                                          replace=False))
+                picked += list(
+                    rng.choice(pool.index.to_numpy(), min(per_class, len(pool)), replace=False)
+                )
     chosen = predictions.loc[picked]
     return {
         "windows": np.asarray(windows[chosen["row"].to_numpy()], dtype=np.float32),

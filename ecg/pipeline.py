@@ -85,6 +85,20 @@ STAGES: tuple[Stage, ...] = (
         code=("ecg.metrics", "ecg.dataset", "ecg.plots"),
         help="score the model on the test patients, with intervals by patient",
     ),
+    Stage(
+        name="report",
+        run="ecg.report.stage:report_stage",
+        params=("report",),
+        upstream=("train", "evaluate"),
+        code=(
+            "ecg.report",
+            "ecg.report.collect",
+            "ecg.report.document",
+            "ecg.report.render",
+            "ecg.plots",
+        ),
+        help="render the run's report (HTML and Markdown) and log it to the run",
+    ),
 )
 
 STAGE_NAMES = tuple(stage.name for stage in STAGES)

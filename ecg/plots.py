@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -46,8 +47,7 @@ def confusion_matrix_png(
     return path
 
 
-def training_curves_png(histories: dict, best_epochs: dict[str, int],
-                        path: Path) -> Path:
+def training_curves_png(histories: dict, best_epochs: dict[str, int], path: Path) -> Path:
     """Loss, validation macro-F1 and learning rate per epoch; the kept epoch marked."""
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
     for name, history in histories.items():
@@ -69,6 +69,7 @@ def training_curves_png(histories: dict, best_epochs: dict[str, int],
     axes[0].legend(fontsize=7)
     for ax in axes:
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -76,8 +77,7 @@ def training_curves_png(histories: dict, best_epochs: dict[str, int],
     return path
 
 
-def roc_pr_png(y_true: np.ndarray, proba: np.ndarray, classes: Sequence[str],
-               path: Path) -> Path:
+def roc_pr_png(y_true: np.ndarray, proba: np.ndarray, classes: Sequence[str], path: Path) -> Path:
     """One-vs-rest ROC and precision-recall curves; a class absent from the test set is skipped."""
     from sklearn.metrics import auc, precision_recall_curve, roc_curve
 
@@ -102,8 +102,13 @@ def roc_pr_png(y_true: np.ndarray, proba: np.ndarray, classes: Sequence[str],
     return path
 
 
-def per_record_png(records: Sequence[str], accuracy: Sequence[float], counts: Sequence[int],
-                   path: Path, unit: str = "record") -> Path:
+def per_record_png(
+    records: Sequence[str],
+    accuracy: Sequence[float],
+    counts: Sequence[int],
+    path: Path,
+    unit: str = "record",
+) -> Path:
     """Accuracy of each record (or patient), bar width telling nothing, label telling size."""
     order = np.argsort(accuracy)
     fig, ax = plt.subplots(figsize=(max(6, 0.32 * len(records)), 3.2))
@@ -120,12 +125,23 @@ def per_record_png(records: Sequence[str], accuracy: Sequence[float], counts: Se
     return path
 
 
-def example_beats_png(windows: np.ndarray, true: Sequence[str], predicted: Sequence[str],
-                      fs: float, path: Path, per_row: int = 6) -> Path:
+def example_beats_png(
+    windows: np.ndarray,
+    true: Sequence[str],
+    predicted: Sequence[str],
+    fs: float,
+    path: Path,
+    per_row: int = 6,
+) -> Path:
     """A grid of pieces, one row per true class: the first lead, with label and prediction."""
     classes = list(dict.fromkeys(true))
-    fig, axes = plt.subplots(len(classes), per_row, figsize=(1.7 * per_row, 1.3 * len(classes)),
-                             squeeze=False, sharex=True)
+    fig, axes = plt.subplots(
+        len(classes),
+        per_row,
+        figsize=(1.7 * per_row, 1.3 * len(classes)),
+        squeeze=False,
+        sharex=True,
+    )
     t = np.arange(windows.shape[1]) / fs
     for row, name in enumerate(classes):
         picks = [i for i, c in enumerate(true) if c == name][:per_row]
@@ -138,8 +154,9 @@ def example_beats_png(windows: np.ndarray, true: Sequence[str], predicted: Seque
             i = picks[col]
             right = predicted[i] == true[i]
             ax.plot(t, windows[i, :, 0], color="#2a6f3a" if right else "#b03030", lw=0.9)
-            ax.set_title(f"{true[i]} -> {predicted[i]}", fontsize=7,
-                         color="black" if right else "#b03030")
+            ax.set_title(
+                f"{true[i]} -> {predicted[i]}", fontsize=7, color="black" if right else "#b03030"
+            )
     for ax in axes[-1]:
         ax.set_xlabel("s", fontsize=7)
     fig.suptitle("examples: true -> predicted (green right, red wrong)", fontsize=9)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 import tempfile
 import warnings
@@ -33,8 +34,10 @@ def _mlflow():
 class Tracker:
     def __init__(self, uri: str, experiment: str):
         mlflow = _mlflow()
-        # MLflow's own INFO lines (table creation, ...) are noise in a pipeline's output.
+        # MLflow's own INFO lines (table creation, ...) and download bars are noise in a
+        # pipeline's output; a user who wants the bars can set the variable.
         logging.getLogger("mlflow").setLevel(logging.WARNING)
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         if uri.startswith("sqlite:///"):
             Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.uri = uri

@@ -365,10 +365,12 @@ def train_stage(ctx: StageContext) -> None:
         if tracker:
             tracker.log_params(parent, flatten(to_dict(config)))
             # What the report's data section needs, kept with the run so any past run renders.
-            for stage, name, target in (("split", "summary.csv", "split_summary.csv"),
-                                        ("split", "meta.json", "split_meta.json"),
-                                        ("preprocess", "records.csv", "records.csv"),
-                                        ("preprocess", "meta.json", "preprocess_meta.json")):
+            for stage, name, target in (
+                ("split", "summary.csv", "split_summary.csv"),
+                ("split", "meta.json", "split_meta.json"),
+                ("preprocess", "records.csv", "records.csv"),
+                ("preprocess", "meta.json", "preprocess_meta.json"),
+            ):
                 tracker.log_artifact_as(parent, ctx.inputs[stage] / name, f"data/{target}")
         fold_runs, model_uris = [], []
         for fold in range(folds):
@@ -500,8 +502,7 @@ def _train_fold(ctx, fold, folds, device, tracker, run_id, parent) -> str:
     )
     tracker.log_artifact(run_id, out / "history.csv")
     if folds > 1:
-        tracker.log_artifact_as(parent, out / "history.csv",
-                                f"history/fold_{fold}.csv")
+        tracker.log_artifact_as(parent, out / "history.csv", f"history/fold_{fold}.csv")
     return model_uri
 
 

@@ -1,0 +1,467 @@
+"""The content of a report, as a list of blocks that render to Markdown and to HTML alike.
+
+Building the content once and rendering it twice means the two formats cannot disagree. Every
+number comes from the run's own metrics.json, predictions.csv and logged values; none is typed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from ecg import plots
+from ecg.report.collect import RunData
+
+KNOWN_FLAWS = {
+    "dechazal": "Records 201 (DS1, training) and 202 (DS2, test) come from the same patient: the "
+    "published de Chazal protocol leaks this one patient. The same model scored without 202 "
+    "(dechazal-strict) is shown below the main results.",
+}
+
+
+@dataclass
+class Heading:
+    level: int
+    text: str
+
+
+@dataclass
+class Paragraph:
+    text: str
+
+
+@dataclass
+class Note:
+    text: str
+
+
+@dataclass
+class Table:
+    header: list[str]
+    rows: list[list[str]]
+    caption: str = ""
+
+
+@dataclass
+class Image:
+    path: Path
+    caption: str
+
+
+@dataclass
+class Document:
+    title: str
+    blocks: list = field(default_factory=list)
+
+    def add(self, *blocks) -> None:
+        self.blocks.extend(blocks)
+
+
+# ------------------------------------------------------------------------------ formatting
+
+
+def pct(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{100 * value:.1f}"
+
+
+def with_ci(metrics: dict, ci: dict, key: str) -> str:
+    value = metrics.get(key)
+    text = pct(value)
+    low, high = ci.get(key, (None, None))
+    if text != "n/a" and low is not None and not math.isnan(low):
+        text += f" [{pct(low)}, {pct(high)}]"
+    return text
+
+
+def count(value) -> str:
+    return f"{int(value):,}"
+
+
+# ------------------------------------------------------------------------------ sections
+
+
+def build(run: RunData, figures: Path, compare: list[RunData] = ()) -> Document:
+    """The whole report of ``run``; figures are written into ``figures``."""
+    database = run.params.get("download.database", "")
+    doc = Document(f"{run.params.get('name', run.tags.get('pipeline', ''))} evaluation report")
+    _header(doc, run)
+    _headline(doc, run)
+    _data(doc, run)
+    _training(doc, run, figures)
+    _test(doc, run, figures)
+    _per_unit(doc, run, figures, "patient" if database == "ptbdb" else "record")
+    _examples(doc, run, figures)
+    _published(doc, run, database)
+    if compare:
+        _compare(doc, [run, *compare])
+    return doc
+
+
+def _header(doc: Document, run: RunData) -> None:
+    protocol = run.metrics.get("protocol", run.params.get("split.protocol", ""))
+    wall = run.wall_seconds
+    rows = [
+        ["pipeline", f"{run.params.get('name', '')} — {run.params.get('description', '')}"],
+        ["run", f"{run.run_id} ({run.status})"],
+        ["date", run.start.strftime("%Y-%m-%d %H:%M UTC")],
+        ["git commit", run.tags.get("git_commit", "unknown")],
+        ["device", run.tags.get("device", "unknown")],
+        ["wall time (train + evaluate)", f"{wall / 60:.1f} min" if wall else "still running"],
+        [
+            "raw data digest (SHA-256 of the verified file list)",
+            run.tags.get("raw_data_digest", "unknown"),
+        ],
+        [
+            "dataset digest (SHA-256 of the beat/window index)",
+            run.tags.get("dataset_digest", "unknown"),
+        ],
+        ["split protocol", protocol],
+        [
+            "intervals",
+            f"{int(100 * run.metrics['confidence'])} % bootstrap, "
+            f"{run.metrics['bootstrap_resamples']:,} resamples of "
+            f"{run.metrics['interval_unit']}s",
+        ],
+    ]
+    doc.add(Heading(1, doc.title), Table(["", ""], rows))
+    if protocol in KNOWN_FLAWS:
+        doc.add(Note(f"Known flaw of the protocol: {KNOWN_FLAWS[protocol]}"))
+
+
+def _headline(doc: Document, run: RunData) -> None:
+    test = run.metrics["test"]
+    m, ci = test["metrics"], test["ci"]
+    rows = [
+        [label, with_ci(m, ci, key)]
+        for label, key in (
+            ("accuracy", "accuracy"),
+            ("macro F1", "macro_f1"),
+            ("macro precision (+P)", "macro_precision"),
+            ("macro recall (Se)", "macro_recall"),
+            ("weighted F1", "weighted_f1"),
+        )
+    ]
+    doc.add(
+        Heading(2, "Headline"),
+        Paragraph(
+            f"Test side: {test['n']:,} pieces from {test['patients']} patients "
+            f"({test['records']} records), classes {', '.join(run.classes)}."
+        ),
+        Table(["metric", "value [95 % CI]"], rows),
+    )
+
+
+def _data(doc: Document, run: RunData) -> None:
+    doc.add(Heading(2, "Data"))
+    if run.split_summary is not None:
+        table = run.split_summary
+        doc.add(
+            Table(
+                list(table.columns),
+                [[_cell(v) for v in row] for row in table.itertuples(index=False)],
+                "pieces per class, patients and records, per fold and side",
+            )
+        )
+    aside = run.metrics.get("set_aside") or {}
+    if aside:
+        doc.add(
+            Paragraph(
+                "Set aside from the test side (classes the model does not learn): "
+                + ", ".join(f"{k} {v:,}" for k, v in sorted(aside.items()))
+                + "."
+            )
+        )
+    if run.records is not None:
+        dropped = run.records[~run.records["used"].astype(bool)]
+        if len(dropped):
+            doc.add(
+                Table(
+                    ["record dropped", "why"], [[r.record, r.reason] for r in dropped.itertuples()]
+                )
+            )
+        else:
+            doc.add(Paragraph("No record was dropped."))
+        issues = run.records[run.records["lead_issues"].fillna("") != ""]
+        if len(issues):
+            doc.add(
+                Table(
+                    ["record", "lead problems"],
+                    [[r.record, r.lead_issues] for r in issues.itertuples()],
+                )
+            )
+        edge = int(run.records["dropped_at_edges"].sum())
+        if edge:
+            doc.add(
+                Paragraph(
+                    f"{edge:,} beats were dropped because their window passed the edge "
+                    "of their record."
+                )
+            )
+
+
+def _training(doc: Document, run: RunData, figures: Path) -> None:
+    doc.add(Heading(2, "Training"))
+    if not run.histories:
+        doc.add(Paragraph("No training history was logged with this run."))
+        return
+    best = {}
+    lines = []
+    for name, history in run.histories.items():
+        kept = int(history.loc[history["val_macro_f1"].idxmax(), "epoch"])
+        best[name] = kept
+        f1 = float(history.loc[history["epoch"] == kept, "val_macro_f1"].iloc[0])
+        lines.append(
+            f"{name}: {len(history)} epochs run, epoch {kept} kept (validation macro-F1 {f1:.3f})"
+        )
+    path = plots.training_curves_png(run.histories, best, figures / "training.png")
+    doc.add(
+        Image(path, "loss, validation macro-F1 and learning rate per epoch"),
+        Paragraph(
+            "; ".join(lines) + ". Early stopping and model selection use the "
+            "validation patients only, drawn from the training side."
+        ),
+    )
+
+
+def _class_table(m: dict, ci: dict, classes: list[str]) -> Table:
+    rows = []
+    for c in classes:
+        rows.append(
+            [
+                c,
+                with_ci(m, ci, f"{c}_recall"),
+                with_ci(m, ci, f"{c}_precision"),
+                with_ci(m, ci, f"{c}_specificity"),
+                with_ci(m, ci, f"{c}_f1"),
+                pct(m.get(f"{c}_roc_auc")),
+                count(m.get(f"{c}_support", 0)),
+            ]
+        )
+    return Table(
+        ["class", "Se (recall)", "+P (precision)", "specificity", "F1", "ROC-AUC", "n"],
+        rows,
+        "per class, value [95 % CI]",
+    )
+
+
+def _test(doc: Document, run: RunData, figures: Path) -> None:
+    test = run.metrics["test"]
+    classes = run.classes
+    doc.add(Heading(2, "Test results"), _class_table(test["metrics"], test["ci"], classes))
+    cm = np.asarray(test["confusion"])
+    path = plots.confusion_matrix_png(
+        cm,
+        classes,
+        figures / "confusion_matrix.png",
+        title="confusion matrix: counts and share of true class",
+    )
+    doc.add(Image(path, "confusion matrix (rows: true class; colour: share of the row)"))
+    rows = [[c, *[count(v) for v in cm[i]]] for i, c in enumerate(classes)]
+    doc.add(Table(["true \\ predicted", *classes], rows, "confusion matrix, counts"))
+    p = run.predictions
+    y_true = p["true"].map({c: i for i, c in enumerate(classes)}).to_numpy()
+    proba = p[[f"p_{c}" for c in classes]].to_numpy()
+    path = plots.roc_pr_png(y_true, proba, classes, figures / "roc_pr.png")
+    doc.add(Image(path, "one-vs-rest ROC and precision-recall curves"))
+    if "test_strict" in run.metrics:
+        strict = run.metrics["test_strict"]
+        doc.add(
+            Heading(3, "Same model, dechazal-strict (without record 202)"),
+            Paragraph(
+                f"{strict['n']:,} pieces from {strict['patients']} patients; "
+                f"accuracy {with_ci(strict['metrics'], strict['ci'], 'accuracy')}, "
+                f"macro F1 {with_ci(strict['metrics'], strict['ci'], 'macro_f1')}."
+            ),
+            _class_table(strict["metrics"], strict["ci"], classes),
+        )
+
+
+def _per_unit(doc: Document, run: RunData, figures: Path, unit: str) -> None:
+    p = run.predictions
+    rows, names, accuracy, sizes = [], [], [], []
+    for name, part in p.groupby(unit, sort=True):
+        wrong = part[part["true"] != part["predicted"]]
+        pairs = (wrong["true"] + "→" + wrong["predicted"]).value_counts()
+        acc = float((part["true"] == part["predicted"]).mean())
+        truth = part["true"].value_counts()
+        names.append(str(name))
+        accuracy.append(acc)
+        sizes.append(len(part))
+        rows.append(
+            (
+                acc,
+                [
+                    str(name),
+                    count(len(part)),
+                    pct(acc),
+                    " ".join(f"{c} {truth.get(c, 0):,}" for c in run.classes),
+                    ", ".join(f"{k} {v:,}" for k, v in pairs.head(3).items()) or "—",
+                ],
+            )
+        )
+    path = plots.per_record_png(names, accuracy, sizes, figures / f"per_{unit}.png", unit)
+    doc.add(
+        Heading(2, f"Per {unit}"),
+        Image(path, f"accuracy per {unit}"),
+        Table(
+            [unit, "n", "accuracy", "true classes", "most frequent confusions"],
+            [r for _, r in sorted(rows, key=lambda item: item[0])],
+            f"sorted from the worst {unit}",
+        ),
+    )
+
+
+def _examples(doc: Document, run: RunData, figures: Path) -> None:
+    if not run.examples or len(run.examples["true"]) == 0:
+        return
+    e = run.examples
+    order = np.argsort(
+        [run.classes.index(t) if t in run.classes else 99 for t in e["true"]], kind="stable"
+    )
+    path = plots.example_beats_png(
+        e["windows"][order],
+        list(e["true"][order]),
+        list(e["predicted"][order]),
+        float(e["fs"]),
+        figures / "examples.png",
+    )
+    doc.add(
+        Heading(2, "Example beats"),
+        Image(path, "test pieces of each class, right (green) and wrong (red), first lead"),
+    )
+
+
+def published_results() -> dict:
+    text = (resources.files("ecg.report") / "published.yaml").read_text(encoding="utf-8")
+    return yaml.safe_load(text)
+
+
+def _published(doc: Document, run: RunData, database: str) -> None:
+    anchors = published_results().get(database, [])
+    if not anchors:
+        return
+    m = run.metrics["test"]["metrics"]
+    doc.add(Heading(2, "Against published results"))
+    if database == "mitdb":
+        header = ["work", "protocol", "Acc", "S Se", "S +P", "S F1", "V Se", "V +P", "V F1"]
+        rows = []
+        for a in anchors:
+            s, v = a.get("S", {}), a.get("V", {})
+            rows.append(
+                [
+                    a["work"],
+                    a["protocol"],
+                    _num(a.get("accuracy")),
+                    _num(s.get("se")),
+                    _num(s.get("ppv")),
+                    _num(s.get("f1"), 2),
+                    _num(v.get("se")),
+                    _num(v.get("ppv")),
+                    _num(v.get("f1"), 2),
+                ]
+            )
+        rows.append(
+            [
+                "**this run**",
+                run.metrics["protocol"],
+                pct(m["accuracy"]),
+                pct(m.get("S_recall")),
+                pct(m.get("S_precision")),
+                _frac(m.get("S_f1")),
+                pct(m.get("V_recall")),
+                pct(m.get("V_precision")),
+                _frac(m.get("V_f1")),
+            ]
+        )
+    else:
+        positive = run.classes[-1]
+        header = ["work", "protocol", f"{positive} Se", f"{positive} Sp"]
+        rows = [
+            [
+                a["work"],
+                a["protocol"],
+                _num(a.get("MI", {}).get("se")),
+                _num(a.get("MI", {}).get("sp")),
+            ]
+            for a in anchors
+        ]
+        rows.append(
+            [
+                "**this run** (windows)",
+                run.metrics["protocol"],
+                pct(m.get(f"{positive}_recall")),
+                pct(m.get(f"{positive}_specificity")),
+            ]
+        )
+    doc.add(Table(header, rows, "percentages; F1 as a fraction"))
+    unchecked = [a["work"] for a in anchors if not a.get("checked")]
+    if unchecked:
+        doc.add(
+            Note(
+                "The published figures are quoted as given in the project's design notes "
+                "and have not yet been checked against the papers: "
+                + ", ".join(unchecked)
+                + ". Sources:"
+            )
+        )
+    doc.add(Paragraph(" ".join(f"[{a['work']}] {a['source']}" for a in anchors)))
+
+
+def _compare(doc: Document, runs: list[RunData]) -> None:
+    doc.add(Heading(2, "Compared runs"))
+    ids = [r.run_id[:8] for r in runs]
+    keys = sorted(set().union(*(r.params for r in runs)))
+    differing = [k for k in keys if len({r.params.get(k) for r in runs}) > 1]
+    if differing:
+        doc.add(
+            Table(
+                ["param", *ids],
+                [[k, *[r.params.get(k, "—") for r in runs]] for k in differing],
+                "config values that differ",
+            )
+        )
+    else:
+        doc.add(Paragraph("The runs have the same config."))
+    names = sorted(set().union(*(r.logged_metrics for r in runs)))
+    rows = []
+    for name in names:
+        values = [r.logged_metrics.get(name) for r in runs]
+        base = values[0]
+        cells = [_metric(v) for v in values]
+        deltas = ["—" if v is None or base is None else f"{v - base:+.4f}" for v in values[1:]]
+        rows.append([name, *cells, *deltas])
+    doc.add(
+        Table(
+            ["metric", *ids, *[f"Δ {i}" for i in ids[1:]]],
+            rows,
+            f"every logged metric; Δ against {ids[0]}",
+        )
+    )
+
+
+def _metric(value) -> str:
+    return "—" if value is None else f"{value:.4f}"
+
+
+def _num(value, digits: int = 1) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def _frac(value) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{value:.2f}"
+
+
+def _cell(value) -> str:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int | np.integer):
+        return f"{int(value):,}"
+    return "" if pd.isna(value) else str(value)

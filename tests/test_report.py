@@ -1,0 +1,154 @@
+"""Reports: numbers equal the run's logged metrics, images embedded, runs compared, gaps n/a."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from ecg.cli import main
+from ecg.evaluate import score
+from ecg.report import write_report
+from ecg.report.collect import collect
+from ecg.report.document import build, pct
+from ecg.report.render import html_page, markdown
+from ecg.tracking import Tracker
+
+from conftest import write_pipeline
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    """The smoke pipeline run twice on the fixtures, the second with another seed."""
+    root = tmp_path_factory.mktemp("project")
+    fixtures = REPO / "tests" / "fixtures"
+    text = (REPO / "pipelines" / "smoke.yaml").read_text()
+    write_pipeline(
+        root, "smoke", text.replace("source: tests/fixtures/mitdb", f"source: {fixtures / 'mitdb'}")
+    )
+    config = str(root / "pipelines" / "smoke.yaml")
+    assert main(["run", "--config", config]) == 0
+    assert main(["run", "--config", config, "--set", "train.seed=1"]) == 0
+    tracker = Tracker(f"sqlite:///{root / 'data' / 'mlflow.db'}", "smoke")
+    runs = tracker.search()
+    ids = list(runs["run_id"])  # newest first
+    return root, tracker, ids[1], ids[0]
+
+
+def test_report_numbers_equal_the_logged_metrics(two_runs):
+    root, tracker, first, _ = two_runs
+    folder = root / "reports" / "smoke" / first
+    text = (folder / "report.md").read_text()
+    logged = tracker.run(first).data.metrics
+    row = re.search(r"^\| accuracy \| (\S+) \[", text, re.M).group(1)
+    assert row == pct(logged["test_accuracy"])
+    s_row = re.search(r"^\| S \| (\S+) \[[^|]*\| (\S+)", text, re.M)
+    assert s_row.group(1) == pct(logged["test_S_recall"])
+    assert s_row.group(2) == pct(logged["test_S_precision"])
+    artifacts = {a.path for a in tracker.client.list_artifacts(first, "report")}
+    assert {"report/report.md", "report/report.html"} <= artifacts
+
+
+def test_every_image_is_there_and_embedded(two_runs):
+    root, _, first, _ = two_runs
+    folder = root / "reports" / "smoke" / first
+    md = (folder / "report.md").read_text()
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    assert len(images) >= 5
+    assert all((folder / name).is_file() for name in images)
+    page = (folder / "report.html").read_text()
+    assert page.count('src="data:image/png;base64,') == len(images)
+    assert not re.search(r'src="(?!data:)', page)  # nothing to fetch: opens from disk
+
+
+def test_compare_lists_the_changed_param_and_every_metric(two_runs, capsys):
+    root, tracker, first, second = two_runs
+    assert (
+        main(
+            [
+                "report",
+                "--config",
+                str(root / "pipelines" / "smoke.yaml"),
+                "--run",
+                first,
+                "--compare",
+                second,
+                "--format",
+                "md",
+            ]
+        )
+        == 0
+    )
+    text = (root / "reports" / "smoke" / first / "report.md").read_text()
+    compared = text.split("## Compared runs", 1)[1]
+    assert re.search(r"^\| train\.seed \| 0 \| 1 \|", compared, re.M)
+    assert "| test_accuracy |" in compared and "| best_val_macro_f1 |" in compared
+
+
+def test_latest_and_runs_table(two_runs, capsys):
+    root, _, _, second = two_runs
+    config = str(root / "pipelines" / "smoke.yaml")
+    assert main(["report", "--config", config, "--latest", "--format", "html"]) == 0
+    assert capsys.readouterr().out.strip().endswith(f"reports/smoke/{second}/report.html")
+    assert main(["runs", "--config", config, "--sort", "test_macro_f1"]) == 0
+    table = capsys.readouterr().out
+    assert "train.seed" in table and "macro F1" in table and second[:8] in table
+    assert main(["runs", "--config", config, "--sort", "nonsense"]) == 1
+
+
+def test_a_class_missing_from_the_test_side_renders_as_na(two_runs, tmp_path):
+    _, tracker, first, _ = two_runs
+    run = collect(tracker, first)
+    without_f = run.predictions[run.predictions["true"] != "F"].copy()
+    without_f["true_id"] = without_f["true"].map({c: i for i, c in enumerate(run.classes)})
+    without_f["predicted_id"] = without_f["predicted"].map(
+        {c: i for i, c in enumerate(run.classes)}
+    )
+    run.predictions = without_f
+    run.metrics["test"] = score(without_f, run.classes, 50, 0.95, 0)
+    run.metrics.pop("test_strict")
+    doc = build(run, tmp_path)
+    text = markdown(doc)
+    f_row = re.search(r"^\| F \|(.*)$", text, re.M).group(1)
+    assert f_row.count("n/a") >= 2  # recall and F1 are undefined without true F beats
+    assert "<html" in html_page(doc)
+
+
+@pytest.mark.browser
+def test_html_renders_in_headless_chromium(two_runs, tmp_path):
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium is not installed (.ci/run installs it)")
+    root, tracker, first, _ = two_runs
+    page = root / "reports" / "smoke" / first / "report.html"
+    shot = tmp_path / "report.png"
+    subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--no-first-run",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--window-size=1200,3000",
+            f"--screenshot={shot}",
+            page.as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    assert shot.stat().st_size > 50_000  # a page with tables and plots, not a blank one
+
+
+def test_write_report_refuses_an_unknown_format(two_runs, tmp_path):
+    _, tracker, first, _ = two_runs
+    with pytest.raises(Exception, match="expected html and/or md"):
+        write_report(tracker, first, tmp_path, ["pdf"], log_to_run=False)
