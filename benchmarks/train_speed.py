@@ -17,9 +17,9 @@ import time
 
 import torch
 
-from ecg.config import find_pipeline, load_config
+from ecg.config import find_pipeline, load_config, to_dict
 from ecg.dataset import load_fold
-from ecg.model import BiLSTMClassifier, PackagedClassifier, pack
+from ecg.model import PackagedClassifier, build_model, pack
 from ecg.pipeline import engine_for
 from ecg.train import class_weights, fit_normalizer, select_device
 
@@ -49,9 +49,7 @@ def main() -> None:
     )
     train, test = data.sides["train"], data.sides["test"]
     n_rr = len(data.rr_names)
-    model = BiLSTMClassifier(
-        data.n_leads, len(data.classes), n_rr, mcfg.hidden, mcfg.layers, mcfg.dropout, mcfg.pooling
-    ).to(device)
+    model = build_model(data.n_leads, len(data.classes), n_rr, to_dict(mcfg)).to(device)
     normalizer = fit_normalizer(train, mcfg.input_norm == "window").to(device)
     weights = class_weights(train.y, len(data.classes), tcfg.class_weights)
     loss_fn = torch.nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device))

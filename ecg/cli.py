@@ -147,6 +147,12 @@ def _pipeline_args(parser: argparse.ArgumentParser) -> None:
         "--records", metavar="LIST", help="only these records, comma-separated (e.g. 100,101)"
     )
     parser.add_argument(
+        "--folds",
+        type=int,
+        metavar="K",
+        help="k-fold cross-validation with K folds (sets split.folds)",
+    )
+    parser.add_argument(
         "--resume",
         action="store_true",
         help="continue an interrupted training from its last checkpoint",
@@ -178,6 +184,8 @@ def load(args: argparse.Namespace) -> PipelineConfig:
         overrides.append(f"download.mirror={args.mirror}")
     if args.records:
         overrides.append(f"download.records={args.records}")
+    if args.folds is not None:
+        overrides.append(f"split.folds={args.folds}")
     return load_config(path, overrides)
 
 

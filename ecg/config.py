@@ -178,6 +178,8 @@ class ModelConfig:
     """Join the RR-interval features to the pooled state before the classifier head."""
     rr_features: tuple[str, ...] = ()
     """Which RR features (names from the preprocess stage); empty means all."""
+    downsample: Literal[1, 2, 4, 8] = 1
+    """Shorten the sequence by this factor with strided convolutions before the LSTM."""
     input_norm: Literal["global", "window"] = "global"
     """global: standardise with the training set's mean and std; window: each window by its own."""
 
@@ -234,6 +236,8 @@ class EvaluateConfig:
     bootstrap: int = 1000
     confidence: float = 0.95
     seed: int = 0
+    pool: Literal["mean", "majority"] = "mean"
+    """PTB: how window predictions become one per record and per patient."""
 
     def __post_init__(self) -> None:
         _check(self.bootstrap >= 0, "bootstrap", "zero (no intervals) or more resamples")

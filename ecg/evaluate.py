@@ -54,6 +54,81 @@ def score(
     }
 
 
+def pooled(predictions: pd.DataFrame, by: str, classes: list[str], how: str) -> pd.DataFrame:
+    """Window predictions pooled to one prediction per record or per patient.
+
+    ``mean`` averages the class probabilities; ``majority`` takes the most predicted class (ties
+    to the higher mean probability) and the share of votes as its probability.
+    """
+    proba_columns = [f"p_{c}" for c in classes]
+    groups = predictions.groupby(by, sort=True)
+    table = groups.agg(
+        record=("record", "first"),
+        patient=("patient", "first"),
+        true_id=("true_id", "first"),
+        fold=("fold", "first"),
+    )
+    table = table.drop(columns=[by]) if by in table.columns else table
+    means = groups[proba_columns].mean()
+    if how == "majority":
+        votes = (
+            pd.get_dummies(predictions["predicted_id"])
+            .reindex(columns=range(len(classes)), fill_value=0)
+            .groupby(predictions[by])
+            .mean()
+        )
+        votes.columns = proba_columns
+        scores = votes + 1e-6 * means  # tie-break by mean probability
+        table[proba_columns] = votes
+    else:
+        scores = means
+        table[proba_columns] = means
+    table["predicted_id"] = scores.to_numpy().argmax(axis=1)
+    table["true"] = np.asarray(classes, dtype=object)[table["true_id"].to_numpy()]
+    table["predicted"] = np.asarray(classes, dtype=object)[table["predicted_id"].to_numpy()]
+    return table.reset_index()
+
+
+def level_scores(predictions: pd.DataFrame, level: str, classes: list[str], cfg) -> dict:
+    """Scores at one level (window, record, patient): pooled over all folds with intervals by
+    patient, each fold alone, and the mean over folds with a t interval across folds."""
+    table = predictions if level == "window" else pooled(predictions, level, classes, cfg.pool)
+    folds = [
+        score(part, classes, 0, cfg.confidence, cfg.seed)["metrics"]
+        for _, part in table.groupby("fold")
+    ]
+    return {
+        "pooled": score(table, classes, cfg.bootstrap, cfg.confidence, cfg.seed),
+        "folds": folds,
+        "across_folds": across_folds(folds, cfg.confidence),
+    }
+
+
+def across_folds(folds: list[dict], confidence: float) -> dict[str, list[float]]:
+    """Mean of each metric over folds with a Student-t interval: [mean, low, high]."""
+    from scipy import stats
+
+    out = {}
+    for key in folds[0] if folds else []:
+        values = np.array([f[key] for f in folds], dtype=float)
+        values = values[~np.isnan(values)]
+        if len(values) == 0:
+            out[key] = [float("nan")] * 3
+            continue
+        mean = float(values.mean())
+        if len(values) < 2:
+            out[key] = [mean, float("nan"), float("nan")]
+            continue
+        half = (
+            stats.t.ppf((1 + confidence) / 2, len(values) - 1)
+            * values.std(ddof=1)
+            / np.sqrt(len(values))
+        )
+        # metrics are proportions: an interval past 0 or 1 says only that five folds are few
+        out[key] = [mean, max(mean - half, 0.0), min(mean + half, 1.0)]
+    return out
+
+
 def per_record(predictions: pd.DataFrame, classes: list[str]) -> list[dict]:
     """Accuracy of each record and what it confused, so one bad record cannot hide in a mean."""
     rows = []
@@ -119,6 +194,11 @@ def evaluate_stage(ctx: StageContext) -> None:
             {"fold": fold, **score(part, classes, 0, cfg.confidence, cfg.seed)}
             for fold, part in predictions.groupby("fold")
         ]
+    if config.download.database == "ptbdb":
+        result["levels"] = {
+            level: level_scores(predictions, level, classes, cfg)
+            for level in ("window", "record", "patient")
+        }
     if config.split.protocol == "dechazal":
         strict = predictions[~predictions["record"].isin(STRICT_DROPS)]
         result["test_strict"] = score(strict, classes, cfg.bootstrap, cfg.confidence, cfg.seed)
@@ -205,6 +285,8 @@ def _write(ctx: StageContext, result: dict, predictions: pd.DataFrame, run: dict
             flat.update(
                 {f"test_strict_{k}": v for k, v in result["test_strict"]["metrics"].items()}
             )
+        for level, scores in result.get("levels", {}).items():
+            flat.update({f"{level}_{k}": v for k, v in scores["pooled"]["metrics"].items()})
         tracker.log_metrics(run["run_id"], flat)
         for name in ("metrics.json", "predictions.csv", "confusion_matrix.png", "examples.npz"):
             tracker.log_artifact(run["run_id"], ctx.out / name)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import nn
 
@@ -23,11 +25,24 @@ class BiLSTMClassifier(nn.Module):
         layers: int = 2,
         dropout: float = 0.2,
         pooling: str = "last",
+        downsample: int = 1,
     ):
         super().__init__()
         self.pooling = pooling
+        # Optional strided convolutions before the LSTM: each halves the sequence, and the
+        # LSTM's cost follows sequence length (a 4x shorter one trains ~3x faster on CPU).
+        convs: list[nn.Module] = []
+        channels = n_leads
+        for _ in range(int(downsample).bit_length() - 1):
+            convs += [
+                nn.Conv1d(channels, 2 * hidden, kernel_size=5, stride=2, padding=2),
+                nn.BatchNorm1d(2 * hidden),
+                nn.ReLU(),
+            ]
+            channels = 2 * hidden
+        self.front = nn.Sequential(*convs) if convs else None
         self.lstm = nn.LSTM(
-            n_leads,
+            channels,
             hidden,
             num_layers=layers,
             batch_first=True,
@@ -43,6 +58,8 @@ class BiLSTMClassifier(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, rr: torch.Tensor | None = None) -> torch.Tensor:
+        if self.front is not None:
+            x = self.front(x.transpose(1, 2)).transpose(1, 2)
         states, (h_n, _) = self.lstm(x)
         if self.pooling == "last":
             pooled = torch.cat([h_n[-2], h_n[-1]], dim=1)  # last layer, forward and backward
@@ -54,6 +71,21 @@ class BiLSTMClassifier(nn.Module):
         if rr is not None:
             pooled = torch.cat([pooled, rr], dim=1)
         return self.head(pooled)
+
+
+def build_model(n_leads: int, n_classes: int, n_rr: int, settings: Mapping) -> BiLSTMClassifier:
+    """The classifier described by a pipeline's ``model`` section (as a dict, as stored with the
+    weights), sized for the data."""
+    return BiLSTMClassifier(
+        n_leads,
+        n_classes,
+        n_rr,
+        hidden=settings["hidden"],
+        layers=settings["layers"],
+        dropout=settings["dropout"],
+        pooling=settings["pooling"],
+        downsample=settings.get("downsample", 1),
+    )
 
 
 class Normalizer(nn.Module):

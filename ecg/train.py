@@ -33,7 +33,7 @@ from ecg.digests import sha256_file
 from ecg.engine import StageContext
 from ecg.errors import EcgError
 from ecg.metrics import confusion, from_confusion
-from ecg.model import BiLSTMClassifier, Normalizer, PackagedClassifier, pack
+from ecg.model import BiLSTMClassifier, Normalizer, PackagedClassifier, build_model, pack
 from ecg.provenance import device_description, git_commit
 from ecg.tracking import Tracker
 
@@ -426,9 +426,7 @@ def _train_fold(ctx, fold, folds, device, tracker, run_id, parent) -> str:
         )
     seed_everything(cfg.seed + fold)
     n_rr = len(data.rr_names)
-    model = BiLSTMClassifier(
-        data.n_leads, len(data.classes), n_rr, mcfg.hidden, mcfg.layers, mcfg.dropout, mcfg.pooling
-    )
+    model = build_model(data.n_leads, len(data.classes), n_rr, to_dict(mcfg))
     normalizer = fit_normalizer(train, mcfg.input_norm == "window")
     where = f" (fold {fold + 1}/{folds})" if folds > 1 else ""
     log.info(
@@ -527,15 +525,7 @@ def load_classifier(path: Path) -> tuple[BiLSTMClassifier, Normalizer, dict]:
     payload = torch.load(path, map_location="cpu", weights_only=True)
     spec = payload["spec"]
     m = spec["model"]
-    model = BiLSTMClassifier(
-        spec["n_leads"],
-        spec["n_classes"],
-        spec["n_rr"],
-        m["hidden"],
-        m["layers"],
-        m["dropout"],
-        m["pooling"],
-    )
+    model = build_model(spec["n_leads"], spec["n_classes"], spec["n_rr"], m)
     model.load_state_dict(payload["classifier"])
     n_rr = spec["n_rr"]
     normalizer = Normalizer(

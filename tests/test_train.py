@@ -137,3 +137,11 @@ def test_distributed_data_parallel_runs_with_two_gloo_processes():
         (w0, f0), (w1, f1) = results[0], results[1]
     np.testing.assert_allclose(w0, w1)  # gradients were averaged: both ranks hold one model
     assert f0 == f1 and f0 > 0.8
+
+
+@pytest.mark.parametrize("downsample", [1, 2, 4])
+def test_strided_front_end_shortens_the_sequence_and_keeps_the_output(downsample):
+    model = BiLSTMClassifier(12, 2, hidden=8, layers=1, pooling="mean", downsample=downsample)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv1d)]
+    assert len(convs) == {1: 0, 2: 1, 4: 2}[downsample]
+    assert model(torch.zeros(3, 256, 12)).shape == (3, 2)

@@ -97,6 +97,8 @@ def build(run: RunData, figures: Path, compare: list[RunData] = ()) -> Document:
     _data(doc, run)
     _training(doc, run, figures)
     _test(doc, run, figures)
+    if "levels" in run.metrics:
+        _levels(doc, run)
     _per_unit(doc, run, figures, "patient" if database == "ptbdb" else "record")
     _examples(doc, run, figures)
     _published(doc, run, database)
@@ -284,6 +286,64 @@ def _test(doc: Document, run: RunData, figures: Path) -> None:
         )
 
 
+LEVEL_METRICS = (
+    ("accuracy", "accuracy"),
+    ("Se (recall)", "{p}_recall"),
+    ("Sp (specificity)", "{p}_specificity"),
+    ("+P (precision)", "{p}_precision"),
+    ("F1", "{p}_f1"),
+    ("ROC-AUC", "{p}_roc_auc"),
+)
+
+
+def _levels(doc: Document, run: RunData) -> None:
+    """PTB: window, record and patient level, pooled over folds and fold by fold."""
+    positive = run.classes[-1]
+    levels = run.metrics["levels"]
+    rows = []
+    for level, scores in levels.items():
+        pooled = scores["pooled"]
+        across = scores["across_folds"]
+        for label, key in LEVEL_METRICS:
+            key = key.format(p=positive)
+            mean, low, high = across.get(key, [float("nan")] * 3)
+            fold_text = pct(mean) + (f" [{pct(low)}, {pct(high)}]" if not math.isnan(low) else "")
+            rows.append(
+                [
+                    level,
+                    f"{pooled['n']:,}",
+                    label,
+                    with_ci(pooled["metrics"], pooled["ci"], key),
+                    fold_text,
+                ]
+            )
+    doc.add(
+        Heading(2, "Window, record and patient level"),
+        Paragraph(
+            f"Positive class: {positive}. Window predictions are pooled to records and "
+            f"patients by their {run.params.get('evaluate.pool', 'mean')} "
+            "probability. 'Pooled' scores all test predictions of all folds together "
+            "(each patient is tested in exactly one fold), with a bootstrap interval "
+            "by patient; 'across folds' is the mean of the folds with a t interval."
+        ),
+        Table(["level", "n", "metric", "pooled [95 % CI]", "mean across folds [95 % CI]"], rows),
+    )
+    fold_rows = []
+    for level, scores in levels.items():
+        for i, fold in enumerate(scores["folds"]):
+            fold_rows.append(
+                [
+                    level,
+                    str(i),
+                    pct(fold["accuracy"]),
+                    pct(fold.get(f"{positive}_recall")),
+                    pct(fold.get(f"{positive}_specificity")),
+                    pct(fold.get(f"{positive}_f1")),
+                ]
+            )
+    doc.add(Table(["level", "fold", "accuracy", "Se", "Sp", "F1"], fold_rows, "each fold alone"))
+
+
 def _per_unit(doc: Document, run: RunData, figures: Path, unit: str) -> None:
     p = run.predictions
     rows, names, accuracy, sizes = [], [], [], []
@@ -393,10 +453,16 @@ def _published(doc: Document, run: RunData, database: str) -> None:
             ]
             for a in anchors
         ]
+        levels = run.metrics.get("levels", {})
+        level = "patient" if "patient" in levels else "window"
+        if level == "patient":
+            m = levels["patient"]["pooled"]["metrics"]
+        folds = len(run.metrics.get("per_fold", [])) or 1
         rows.append(
             [
-                "**this run** (windows)",
-                run.metrics["protocol"],
+                f"**this run** ({level} level)",
+                f"patient-wise {folds}-fold cross-validation, "
+                f"{run.metrics['test']['patients']} patients",
                 pct(m.get(f"{positive}_recall")),
                 pct(m.get(f"{positive}_specificity")),
             ]

@@ -1,0 +1,52 @@
+"""Pooling PTB windows to records and patients, and intervals across folds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ecg.evaluate import across_folds, pooled
+
+CLASSES = ["healthy", "MI"]
+
+
+def _windows():
+    # patient A (MI): two records; patient B (healthy): one record
+    rows = [
+        ("A/r1", "A", 1, 1, 0.2, 0.8), ("A/r1", "A", 1, 0, 0.6, 0.4), ("A/r1", "A", 1, 1, 0.3, 0.7),
+        ("A/r2", "A", 1, 0, 0.85, 0.15),
+        ("B/r1", "B", 0, 0, 0.7, 0.3), ("B/r1", "B", 0, 1, 0.45, 0.55),
+    ]  # fmt: skip
+    table = pd.DataFrame(
+        rows, columns=["record", "patient", "true_id", "predicted_id", "p_healthy", "p_MI"]
+    )
+    table["fold"] = 0
+    return table
+
+
+def test_mean_pooling_averages_window_probabilities():
+    records = pooled(_windows(), "record", CLASSES, "mean").set_index("record")
+    assert records.loc["A/r1", "p_MI"] == pytest.approx((0.8 + 0.4 + 0.7) / 3)
+    assert records.loc["A/r1", "predicted"] == "MI"
+    assert records.loc["A/r2", "predicted"] == "healthy"
+    patients = pooled(_windows(), "patient", CLASSES, "mean").set_index("patient")
+    assert patients.loc["A", "p_MI"] == pytest.approx((0.8 + 0.4 + 0.7 + 0.15) / 4)
+    assert patients.loc["A", "predicted"] == "MI"  # although its record r2 alone says healthy
+    assert patients.loc["A", "true"] == "MI" and patients.loc["B", "true"] == "healthy"
+
+
+def test_majority_pooling_counts_votes_and_breaks_ties_by_probability():
+    records = pooled(_windows(), "record", CLASSES, "majority").set_index("record")
+    assert records.loc["A/r1", "p_MI"] == pytest.approx(2 / 3)
+    # B/r1: one vote each; the mean probability (0.575 healthy) breaks the tie
+    assert records.loc["B/r1", "predicted"] == "healthy"
+
+
+def test_across_fold_intervals_are_t_intervals_clipped_to_proportions():
+    folds = [{"accuracy": a} for a in (0.9, 0.8, 1.0, 0.7, 0.95)]
+    mean, low, high = across_folds(folds, 0.95)["accuracy"]
+    assert mean == pytest.approx(0.87)
+    half = 2.776 * np.std([0.9, 0.8, 1.0, 0.7, 0.95], ddof=1) / np.sqrt(5)
+    assert low == pytest.approx(0.87 - half, abs=1e-3)
+    assert high == 1.0  # 0.87 + 0.15 would pass 1
