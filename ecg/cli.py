@@ -74,6 +74,39 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default 5000)")
     ui.set_defaults(handler=cmd_ui)
 
+    predict = commands.add_parser(
+        "predict", help="classify the beats of a recording (WFDB, EDF, CSV) or of a folder"
+    )
+    predict.add_argument("record", type=Path, help="a WFDB record, .edf or .csv file, or a folder")
+    predict.add_argument(
+        "--model", required=True, help="model.pt, a training output folder, or models:/NAME/VERSION"
+    )
+    predict.add_argument("--fs", type=float, help="sampling rate in Hz (CSV input)")
+    predict.add_argument(
+        "--annotations",
+        metavar="EXT",
+        help="use the record's reference beats (e.g. atr) instead of detecting",
+    )
+    predict.add_argument(
+        "--detector",
+        choices=("xqrs", "gqrs"),
+        default="xqrs",
+        help="R-peak detector when there are no annotations (default xqrs)",
+    )
+    predict.add_argument("--out", type=Path, help="per-beat CSV (a folder in batch mode)")
+    predict.add_argument("--plot", type=Path, help="PNG strip of the first 20 s, beats coloured")
+    predict.add_argument("--tracking-uri", metavar="URI", help="MLflow store for models:/ URIs")
+    predict.set_defaults(handler=cmd_predict)
+
+    export = commands.add_parser("export", help="a trained model as TorchScript (and ONNX)")
+    export.add_argument(
+        "--model", required=True, help="model.pt, a training output folder, or models:/NAME/VERSION"
+    )
+    export.add_argument("--out", type=Path, required=True, help="folder to write into")
+    export.add_argument("--format", default="torchscript", help="torchscript and/or onnx")
+    export.add_argument("--tracking-uri", metavar="URI", help="MLflow store for models:/ URIs")
+    export.set_defaults(handler=cmd_export)
+
     runs = commands.add_parser("runs", help="past runs of a pipeline as a table")
     _pipeline_args(runs)
     runs.add_argument("--sort", metavar="METRIC", help="e.g. test_macro_f1 (highest first)")
@@ -278,6 +311,94 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 def _tracking_uri(args: argparse.Namespace, config: PipelineConfig) -> str:
     return args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or config.tracking_uri
+
+
+def _model_store(args: argparse.Namespace) -> str | None:
+    """Where models:/ URIs are looked up: --tracking-uri, $MLFLOW_TRACKING_URI, or the store of
+    the project the command is started in."""
+    if args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"):
+        return args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    for folder in (Path.cwd(), *Path.cwd().parents):
+        if (folder / "pipelines").is_dir():
+            return f"sqlite:///{folder / 'data' / 'mlflow.db'}"
+    return None
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import json
+
+    from ecg.predict import load_model, predict, read_recording
+
+    model = load_model(args.model, _model_store(args))
+    leads = list(model.signal.leads)
+    if args.record.is_dir():
+        return _predict_folder(args, model)
+    recording = read_recording(args.record, leads, args.fs)
+    table, summary = predict(model, recording, args.annotations, args.detector)
+    out = args.out or Path(f"{recording.name}.predictions.csv")
+    _write_csv(table, out)
+    if args.plot:
+        from ecg.plots import strip_png
+
+        strip_png(
+            recording.signal[:, 0],
+            recording.fs,
+            table["sample"].to_numpy(),
+            list(table["class"]),
+            args.plot,
+            title=f"{recording.name}: predicted classes",
+        )
+    print(json.dumps({**summary, "predictions": str(out)}, indent=1))
+    return 0
+
+
+def _predict_folder(args: argparse.Namespace, model) -> int:
+    import json
+
+    from tqdm import tqdm
+
+    from ecg.predict import predict, read_recording
+
+    folder = args.record
+    inputs = sorted({*folder.glob("*.hea"), *folder.glob("*.csv"), *folder.glob("*.edf")})
+    if not inputs:
+        raise EcgError(f"{folder}: no .hea, .csv or .edf files")
+    out = args.out or folder / "predictions"
+    out.mkdir(parents=True, exist_ok=True)
+    summaries, failures = [], []
+    for path in tqdm(inputs, unit="rec", desc="predict", disable=None):
+        try:
+            recording = read_recording(path, list(model.signal.leads), args.fs)
+            table, summary = predict(model, recording, args.annotations, args.detector)
+        except EcgError as exc:
+            failures.append({"input": str(path), "error": str(exc)})
+            log.warning("%s", exc)
+            continue
+        _write_csv(table, out / f"{recording.name}.csv")
+        summaries.append(summary)
+    (out / "summary.json").write_text(
+        json.dumps({"records": summaries, "failed": failures}, indent=1)
+    )
+    print(f"{len(summaries)} records classified, {len(failures)} failed: {out / 'summary.json'}")
+    return 1 if failures and not summaries else 0
+
+
+def _write_csv(table, path: Path) -> None:
+    from ecg.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False, float_format="%.5f")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ecg.export import export
+    from ecg.predict import load_model
+
+    model = load_model(args.model, _model_store(args))
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    for path in export(model, args.out, formats):
+        print(path)
+    return 0
 
 
 def cmd_ui(args: argparse.Namespace) -> int:

@@ -164,3 +164,50 @@ def example_beats_png(
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+CLASS_COLOURS = {
+    "N": "#2a6f3a",
+    "S": "#d4801f",
+    "V": "#b03030",
+    "F": "#7b3fa0",
+    "Q": "#666666",
+    "healthy": "#2a6f3a",
+    "MI": "#b03030",
+    "disease": "#b03030",
+}
+
+
+def strip_png(
+    x: np.ndarray,
+    fs: float,
+    samples: np.ndarray,
+    classes: Sequence[str],
+    path: Path,
+    seconds: float = 20.0,
+    title: str = "",
+) -> Path:
+    """The first ``seconds`` of the first lead, each classified beat marked in its class colour."""
+    n = min(len(x), int(seconds * fs))
+    t = np.arange(n) / fs
+    fig, ax = plt.subplots(figsize=(12, 2.6))
+    ax.plot(t, x[:n], color="#333333", lw=0.7)
+    shown = set()
+    for sample, name in zip(samples, classes, strict=True):
+        if sample >= n:
+            break
+        colour = CLASS_COLOURS.get(name, "#1f77b4")
+        ax.axvline(sample / fs, color=colour, alpha=0.35, lw=4)
+        ax.text(
+            sample / fs, ax.get_ylim()[1], name, color=colour, ha="center", va="bottom", fontsize=7
+        )
+        shown.add(name)
+    ax.set_xlabel("s")
+    ax.set_ylabel("mV")
+    ax.set_xlim(0, n / fs)
+    if title:
+        ax.set_title(title, fontsize=9, pad=12)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -123,14 +123,29 @@ def process_record(job: RecordJob) -> RecordResult:
     return _beats(job, report, y, raw.fs, fs_new, r, classes, symbols)
 
 
-def _beats(job, report, y, fs, fs_new, r, classes, symbols) -> RecordResult:
-    seg = job.segment
+def cut_beats(
+    y: np.ndarray, fs: float, fs_new: float, r: np.ndarray, seg: SegmentConfig
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Beat windows of a filtered signal (at ``fs_new``) around R peaks given at the record's own
+    rate ``fs``, with every beat's RR features. Returns windows, the mask of beats that fit, and
+    the RR features of all beats. Shared by preprocess and ``ecg predict``."""
     rr = segment.rr_features(r, fs, seg.rr_local_beats, seg.rr_average_s)
     centers = signal.rescale_samples(r, fs, fs_new)
     before, after = round(seg.pre_s * fs_new), round(seg.post_s * fs_new)
     windows, keep = segment.beat_windows(y, centers, before, after)
     if seg.beat_template:
         windows = segment.with_template_difference(windows)
+    return windows, keep, rr
+
+
+def cut_windows(y: np.ndarray, fs_new: float, seg: SegmentConfig):
+    """Sliding windows of a filtered signal; starts are at ``fs_new``."""
+    length, stride = round(seg.window_s * fs_new), round(seg.stride_s * fs_new)
+    return segment.sliding_windows(y, length, stride)
+
+
+def _beats(job, report, y, fs, fs_new, r, classes, symbols) -> RecordResult:
+    windows, keep, rr = cut_beats(y, fs, fs_new, r, job.segment)
     report.dropped_at_edges = int((~keep).sum())
     report.dropped_at_edges_by_class = dict(Counter(classes[~keep].tolist()))
     table = pd.DataFrame({"sample": r[keep], "label": classes[keep], "symbol": symbols[keep]})
@@ -143,8 +158,7 @@ def _beats(job, report, y, fs, fs_new, r, classes, symbols) -> RecordResult:
 
 def _windows(job, report, y, fs, fs_new, label) -> RecordResult:
     seg = job.segment
-    length, stride = round(seg.window_s * fs_new), round(seg.stride_s * fs_new)
-    windows, starts = segment.sliding_windows(y, length, stride)
+    windows, starts = cut_windows(y, fs_new, seg)
     if len(windows) == 0:
         return _dropped(report, f"shorter than one window ({seg.window_s} s)")
     table = pd.DataFrame(

@@ -32,7 +32,7 @@ def _mlflow():
 
 
 class Tracker:
-    def __init__(self, uri: str, experiment: str):
+    def __init__(self, uri: str, experiment: str | None):
         mlflow = _mlflow()
         # MLflow's own INFO lines (table creation, ...) and download bars are noise in a
         # pipeline's output; a user who wants the bars can set the variable.
@@ -42,11 +42,14 @@ class Tracker:
             Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self.uri = uri
         self.client = mlflow.MlflowClient(tracking_uri=uri)
+        self.experiment = experiment
+        if experiment is None:  # only reading runs and models by id
+            self.experiment_id = None
+            return
         found = self.client.get_experiment_by_name(experiment)
         self.experiment_id = (
             found.experiment_id if found else self.client.create_experiment(experiment)
         )
-        self.experiment = experiment
 
     # --------------------------------------------------------------------- runs
 
@@ -182,6 +185,24 @@ class Tracker:
 
     def download(self, run_id: str, path: str, into: Path) -> Path:
         return Path(self.client.download_artifacts(run_id, path, str(into)))
+
+    def run_of_model(self, uri: str) -> str:
+        """The run a model URI comes from: models:/NAME/VERSION, models:/MODEL_ID, runs:/ID/..."""
+        from ecg.errors import EcgError
+
+        try:
+            if uri.startswith("runs:/"):
+                return uri.removeprefix("runs:/").split("/")[0]
+            parts = uri.removeprefix("models:/").strip("/").split("/")
+            if len(parts) == 2:
+                name, version = parts
+                if version == "latest":
+                    versions = self.client.search_model_versions(f"name='{name}'")
+                    version = str(max(int(v.version) for v in versions))
+                return self.client.get_model_version(name, version).run_id
+            return self.client.get_logged_model(parts[0]).source_run_id
+        except Exception as exc:
+            raise EcgError(f"--model {uri}: not found in {self.uri} ({exc})") from None
 
 
 def _param_text(value: Any) -> str:

@@ -499,6 +499,9 @@ def _train_fold(ctx, fold, folds, device, tracker, run_id, parent) -> str:
         model_uri,
     )
     tracker.log_artifact(run_id, out / "history.csv")
+    # The checkpoint itself, so `ecg predict --model models:/...` can rebuild the model and its
+    # preprocessing from tensors alone, without unpickling anything.
+    tracker.log_artifact(run_id, out / "model.pt", "checkpoint")
     if folds > 1:
         tracker.log_artifact_as(parent, out / "history.csv", f"history/fold_{fold}.csv")
     return model_uri

@@ -1,0 +1,73 @@
+"""`ecg export`: a trained model as TorchScript (and ONNX when the onnx package is installed),
+with its preprocessing description beside it, for use outside Python's ecg package."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from ecg.errors import EcgError
+from ecg.model import PackagedClassifier
+from ecg.predict import LoadedModel
+
+log = logging.getLogger("ecg")
+
+
+def packaged(model: LoadedModel) -> PackagedClassifier:
+    spec = model.spec
+    return PackagedClassifier(
+        model.classifier, model.normalizer, spec["n_leads"], spec["n_rr"]
+    ).eval()
+
+
+def example_input(model: LoadedModel, batch: int = 2) -> torch.Tensor:
+    spec = model.spec
+    return torch.randn(batch, spec["window_samples"], spec["n_leads"] + spec["n_rr"])
+
+
+def export(model: LoadedModel, out: Path, formats: list[str]) -> list[Path]:
+    unknown = [f for f in formats if f not in ("torchscript", "onnx")]
+    if unknown:
+        raise EcgError(f"--format {','.join(unknown)}: expected torchscript and/or onnx")
+    out.mkdir(parents=True, exist_ok=True)
+    module = packaged(model)
+    example = example_input(model)
+    written = []
+    if "torchscript" in formats:
+        with torch.no_grad():
+            traced = torch.jit.trace(module, example)
+        path = out / "model.torchscript.pt"
+        traced.save(str(path))
+        written.append(path)
+    if "onnx" in formats:
+        if importlib.util.find_spec("onnx") is None:
+            raise EcgError("--format onnx needs the onnx package (pip install onnx)")
+        path = out / "model.onnx"
+        torch.onnx.export(
+            module,
+            (example,),
+            str(path),
+            input_names=["packed"],
+            output_names=["probabilities"],
+            dynamic_axes={"packed": {0: "beats"}, "probabilities": {0: "beats"}},
+        )
+        written.append(path)
+    spec_path = out / "spec.json"
+    spec_path.write_text(
+        json.dumps(
+            {
+                **model.spec,
+                "input": "float32 (beats, window_samples, n_leads + n_rr): the filtered window "
+                "in mV (preprocessing in 'signal'), with the beat's RR features (names in "
+                "'rr_features') repeated along time",
+                "output": "class probabilities in the order of 'classes'",
+            },
+            indent=1,
+        )
+    )
+    written.append(spec_path)
+    return written
