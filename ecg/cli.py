@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,6 +21,10 @@ log = logging.getLogger("ecg")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # SIGTERM (a scheduler, `kill`) ends the run like Ctrl-C: cleanup code runs, temporary
+    # outputs are removed and the MLflow run is marked, instead of dying mid-write.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args.quiet)
@@ -418,6 +424,10 @@ def _announce(stage: Stage, reasons: tuple[str, ...]) -> None:
         stage.name,
         "; ".join(reasons[:3]) + (f"; and {len(reasons) - 3} more" if len(reasons) > 3 else ""),
     )
+
+
+def _terminate(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _configure_logging(quiet: bool) -> None:

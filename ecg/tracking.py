@@ -67,7 +67,8 @@ class Tracker:
         """Mark a run FAILED with the error; what it had logged stays."""
         message = f"{type(error).__name__}: {error}"[:5000]
         self.client.set_tag(run_id, "error", message)
-        self.client.set_terminated(run_id, status="FAILED")
+        interrupted = isinstance(error, KeyboardInterrupt)
+        self.client.set_terminated(run_id, status="KILLED" if interrupted else "FAILED")
 
     def reopen(self, run_id: str) -> None:
         """A later stage (evaluate, report) writes into the run its model was trained in."""

@@ -6,6 +6,7 @@ import http.server
 import shutil
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,8 @@ class Mirror:
     """Paths whose first response stops three quarters through the body."""
     ranges: bool = True
     """Whether the server honours Range requests (Python's own http.server does not)."""
+    delay_s: float = 0.0
+    """Seconds to wait before answering each request: a slow server."""
 
     def folder(self, database: str, version: str) -> Path:
         return self.root / database / version
@@ -56,6 +59,8 @@ def _handler(mirror: Mirror):
             path = self.path.split("?")[0]
             range_header = self.headers.get("Range")
             mirror.requests.append((path, range_header))
+            if mirror.delay_s:
+                time.sleep(mirror.delay_s)
             file = mirror.root / path.lstrip("/")
             if not file.is_file():
                 self.send_error(404)

@@ -66,6 +66,23 @@ def expected_size(header: wfdb.Record, file_name: str) -> int | None:
     return offset + math.ceil(header.sig_len * frame_bytes)
 
 
+def check_signal_files(record_path: Path, header: wfdb.Record, channels: Sequence[int]) -> None:
+    """A signal file whose size disagrees with its header is truncated, or the header lies about
+    its sample count; either way wfdb would read garbage or fail obscurely. Say which. Only the
+    files of the channels read are checked (PTB copies often lack the .xyz file)."""
+    for name in {header.file_name[i] for i in channels}:
+        path = record_path.parent / name
+        if not path.is_file():
+            raise EcgError(f"{path}: missing (named by {record_path}.hea)")
+        expected = expected_size(header, name)
+        actual = path.stat().st_size
+        if expected is not None and actual != expected:
+            raise EcgError(
+                f"{path}: {actual:,} bytes, but {record_path}.hea implies {expected:,} "
+                f"({header.sig_len:,} samples): the file is truncated or the header is wrong"
+            )
+
+
 def check_annotation(record_path: Path, extension: str) -> None:
     try:
         wfdb.rdann(str(record_path), extension)
@@ -111,6 +128,7 @@ def read_signals(record_path: Path, leads: Sequence[str]) -> Signals:
     ``physical=True``, which is about five times slower on MIT-BIH (measured, FACTS.md)."""
     header = read_header(record_path)
     channels = lead_indices(header.sig_name or [], leads, f"{record_path}.hea")
+    check_signal_files(record_path, header, channels)
     try:
         record = wfdb.rdrecord(str(record_path), channels=channels, physical=False)
     except Exception as exc:
