@@ -119,7 +119,13 @@ def kfold_split(index: pd.DataFrame, cfg: SplitConfig) -> pd.DataFrame:
 
 
 def build_split(index: pd.DataFrame, cfg: SplitConfig) -> pd.DataFrame:
-    split = kfold_split(index, cfg) if cfg.protocol == "kfold" else dechazal_split(index, cfg)
+    """The split of every piece; records in ``exclude_records`` take no part on any side."""
+    kept = ~index["record"].isin(cfg.exclude_records).to_numpy()
+    part = index[kept].reset_index(drop=True)
+    inner = kfold_split(part, cfg) if cfg.protocol == "kfold" else dechazal_split(part, cfg)
+    split = pd.DataFrame({c: np.full(len(index), "excluded", dtype=object) for c in inner})
+    for column in inner:
+        split.loc[kept, column] = inner[column].to_numpy()
     assert_patient_disjoint(index, split, cfg.protocol)
     return split
 

@@ -106,3 +106,11 @@ def test_too_few_patients_for_the_folds_is_a_clear_error():
     index = _ptb_index(patients=3)
     with pytest.raises(Exception, match="5 folds need at least 5 patients"):
         build_split(index, SplitConfig(protocol="kfold", folds=5))
+
+
+def test_excluded_records_take_no_part_on_any_side():
+    index = _mitdb_index()
+    split = build_split(index, SplitConfig(protocol="dechazal", exclude_records=("118", "119")))
+    side = dict(zip(index["record"], split["split_0"], strict=True))
+    assert side["118"] == side["119"] == "excluded"
+    assert side["101"] in ("train", "val") and side["100"] == "test"

@@ -25,11 +25,11 @@ def markdown(doc: Document) -> str:
         elif isinstance(block, Image):
             out.append(f"![{block.caption}]({block.path.name})\n")
         elif isinstance(block, Table):
-            out.append(_markdown_table(block))
+            out.append(markdown_table(block))
     return "\n".join(out)
 
 
-def _markdown_table(table: Table) -> str:
+def markdown_table(table: Table) -> str:
     def row(cells):
         return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
 
