@@ -152,3 +152,34 @@ def test_write_report_refuses_an_unknown_format(two_runs, tmp_path):
     _, tracker, first, _ = two_runs
     with pytest.raises(Exception, match="expected html and/or md"):
         write_report(tracker, first, tmp_path, ["pdf"], log_to_run=False)
+
+
+def test_ptb_cross_validation_reports_window_record_and_patient_levels(tmp_path, capsys):
+    fixtures = REPO / "tests" / "fixtures"
+    config = write_pipeline(
+        tmp_path,
+        "ptb",
+        f"""
+download: {{database: ptbdb, version: fixtures, source: {fixtures / "ptbdb"}}}
+signal: {{leads: [i, ii, v1, v2, v5, v6], fs: 100, workers: 1}}
+segment: {{task: mi_vs_healthy, kind: windows, window_s: 2.56, stride_s: 1.28}}
+split: {{protocol: kfold, folds: 2, val_fraction: 0.5}}
+model: {{hidden: 8, layers: 1, pooling: mean, use_rr: false, downsample: 4}}
+train: {{epochs: 2, batch_size: 8}}
+evaluate: {{bootstrap: 50}}
+""",
+    )
+    assert main(["run", "--config", str(config)]) == 0
+    tracker = Tracker(f"sqlite:///{tmp_path / 'data' / 'mlflow.db'}", "ptb")
+    runs = tracker.search()
+    parents = runs[runs["tags.mlflow.parentRunId"].isna()]
+    children = runs[runs["tags.mlflow.parentRunId"].notna()]
+    assert len(parents) == 1 and len(children) == 2  # one nested run per fold
+    parent = parents.iloc[0]
+    assert "metrics.patient_MI_recall" in runs.columns
+    text = next((tmp_path / "reports" / "ptb").glob("*/report.md")).read_text()
+    assert "## Window, record and patient level" in text
+    assert re.search(r"^\| patient \| 4 \| Se \(recall\) \|", text, re.M)
+    assert "## Per patient" in text
+    assert "**this run** (patient level) | patient-wise 2-fold cross-validation, 4 patients" in text
+    assert parent["status"] == "FINISHED"
