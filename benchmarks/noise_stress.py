@@ -41,8 +41,19 @@ def noisy_segment(samples: np.ndarray, fs: float) -> np.ndarray:
 
 
 def train(source: Path | None) -> Path:
-    command = [sys.executable, "-m", "ecg", "run", "mitdb", "--until", "train",
-               "--set", f"name={PIPELINE}", "--set", "split.exclude_records=[118, 119]"]
+    command = [
+        sys.executable,
+        "-m",
+        "ecg",
+        "run",
+        "mitdb",
+        "--until",
+        "train",
+        "--set",
+        f"name={PIPELINE}",
+        "--set",
+        "split.exclude_records=[118, 119]",
+    ]
     if source:
         command += ["--source", str(source)]
     subprocess.run(command, check=True)
@@ -53,8 +64,9 @@ def score(tables: list[pd.DataFrame], classes: list[str]) -> dict:
     table = pd.concat(tables)
     table = table[table["reference"].isin(classes)]
     ids = {c: i for i, c in enumerate(classes)}
-    cm = confusion(table["reference"].map(ids).to_numpy(), table["class"].map(ids).to_numpy(),
-                   len(classes))
+    cm = confusion(
+        table["reference"].map(ids).to_numpy(), table["class"].map(ids).to_numpy(), len(classes)
+    )
     return {"beats": len(table), **from_confusion(cm, classes)}
 
 
@@ -69,8 +81,10 @@ def main() -> None:
     classes = model.spec["classes"]
     leads = list(model.signal.leads)
     rows = []
-    for label, folder, suffix in [("clean", args.mitdb, ""),
-                                  *[(f"{snr} dB", args.nstdb, s) for s, snr in SNRS.items()]]:
+    for label, folder, suffix in [
+        ("clean", args.mitdb, ""),
+        *[(f"{snr} dB", args.nstdb, s) for s, snr in SNRS.items()],
+    ]:
         tables = []
         for record in ("118", "119"):
             recording = read_recording(folder / f"{record}{suffix}", leads, None)
@@ -78,12 +92,16 @@ def main() -> None:
             tables.append(table[noisy_segment(table["sample"].to_numpy(), recording.fs)])
         result = score(tables, classes)
         present = [c for c in classes if result[f"{c}_support"] > 0]
-        rows.append({
-            "SNR": label, "beats": result["beats"], "accuracy": result["accuracy"],
-            "macro_f1": float(np.mean([result[f"{c}_f1"] for c in present])),
-            **{f"{c} Se": result[f"{c}_recall"] for c in present},
-            **{f"{c} +P": result[f"{c}_precision"] for c in present},
-        })
+        rows.append(
+            {
+                "SNR": label,
+                "beats": result["beats"],
+                "accuracy": result["accuracy"],
+                "macro_f1": float(np.mean([result[f"{c}_f1"] for c in present])),
+                **{f"{c} Se": result[f"{c}_recall"] for c in present},
+                **{f"{c} +P": result[f"{c}_precision"] for c in present},
+            }
+        )
     table = pd.DataFrame(rows)
     args.out.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out / "noise_stress.csv", index=False)
@@ -93,8 +111,10 @@ def main() -> None:
     print(markdown_table(Table(list(shown.columns), shown.astype(str).values.tolist())))
     clean = table.loc[0, "macro_f1"]
     at12 = table.loc[table["SNR"] == "12 dB", "macro_f1"].iloc[0]
-    print(f"\nmacro-F1 at 12 dB {at12:.3f} vs clean {clean:.3f}: drop {clean - at12:+.3f} "
-          f"(target: within 0.05)")
+    print(
+        f"\nmacro-F1 at 12 dB {at12:.3f} vs clean {clean:.3f}: drop {clean - at12:+.3f} "
+        f"(target: within 0.05)"
+    )
     snr = [SNRS[s] for s in SNRS]
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
     ax.plot(snr, table["macro_f1"].iloc[1:], "o-", label="noisy segments")

@@ -233,6 +233,29 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class AugmentConfig:
+    """Random perturbations of training beats (never of validation or test beats)."""
+
+    noise_mv: float = 0.0
+    """White noise with a standard deviation drawn per beat from [0, noise_mv] mV."""
+    baseline_mv: float = 0.0
+    """A random offset and slope, each up to this many mV: baseline wander within a window."""
+    scale: float = 0.0
+    """Amplitude multiplied by a factor drawn from [1 - scale, 1 + scale]."""
+    shift_s: float = 0.0
+    """A circular time shift of up to this many seconds either way."""
+
+    def __post_init__(self) -> None:
+        for key in ("noise_mv", "baseline_mv", "scale", "shift_s"):
+            _check(getattr(self, key) >= 0, key, "zero (off) or a positive amount")
+        _check(self.scale < 1, "scale", "a fraction below 1")
+
+    @property
+    def active(self) -> bool:
+        return any((self.noise_mv, self.baseline_mv, self.scale, self.shift_s))
+
+
+@dataclass(frozen=True)
 class EvaluateConfig:
     """Test metrics, with confidence intervals from resampling records (patients), not beats."""
 
@@ -280,6 +303,7 @@ class PipelineConfig:
     split: SplitConfig = field(default_factory=SplitConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)

@@ -72,9 +72,10 @@ STAGES: tuple[Stage, ...] = (
             "train.lr_patience",
             "train.lr_factor",
             "train.seed",
+            "augment",
         ),
         upstream=("download", "preprocess", "split"),
-        code=("ecg.model", "ecg.dataset", "ecg.metrics"),
+        code=("ecg.model", "ecg.dataset", "ecg.metrics", "ecg.augment"),
         help="fit the BiLSTM on the training patients, select on the validation patients",
     ),
     Stage(

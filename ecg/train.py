@@ -27,7 +27,8 @@ from torch import nn
 from tqdm import tqdm
 
 from ecg import __version__
-from ecg.config import TrainConfig, flatten, to_dict
+from ecg.augment import augment
+from ecg.config import AugmentConfig, TrainConfig, flatten, to_dict
 from ecg.dataset import Side, load_fold
 from ecg.digests import sha256_file
 from ecg.engine import StageContext
@@ -165,6 +166,9 @@ def fit(
     resume: bool = False,
     on_epoch: Callable[[EpochLog], None] | None = None,
     progress: bool = True,
+    augmentation: AugmentConfig | None = None,
+    fs: float = 128.0,
+    paired: bool = False,
 ) -> FitState:
     """Train ``model`` and return the state holding the weights of its best validation epoch."""
     rank, world = distributed()
@@ -213,6 +217,8 @@ def fit(
             x = x_all[idx].to(device, non_blocking=True)
             y = y_all[idx].to(device, non_blocking=True)
             rr = None if rr_all is None else rr_all[idx].to(device, non_blocking=True)
+            if augmentation is not None:
+                x = augment(x, augmentation, fs, generator, paired)
             x, rr = normalizer(x, rr)
             with _autocast(device):
                 loss = loss_fn(net(x, rr).float(), y)
@@ -464,6 +470,9 @@ def _train_fold(ctx, fold, folds, device, tracker, run_id, parent) -> str:
         checkpoint=ctx.scratch / f"fold_{fold}" / "last.pt",
         resume=bool(ctx.options.get("resume")),
         on_epoch=on_epoch,
+        augmentation=config.augment if config.augment.active else None,
+        fs=config.signal.fs,
+        paired=config.segment.beat_template,
     )
     model.cpu()
     normalizer.cpu()

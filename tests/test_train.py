@@ -145,3 +145,39 @@ def test_strided_front_end_shortens_the_sequence_and_keeps_the_output(downsample
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv1d)]
     assert len(convs) == {1: 0, 2: 1, 4: 2}[downsample]
     assert model(torch.zeros(3, 256, 12)).shape == (3, 2)
+
+
+def test_augmentation_perturbs_training_beats_reproducibly():
+    from ecg.augment import augment
+    from ecg.config import AugmentConfig
+
+    x = toy_side(32, 5).x
+    cfg = AugmentConfig(noise_mv=0.1, baseline_mv=0.2, scale=0.2, shift_s=0.05)
+    a = augment(x, cfg, 128.0, torch.Generator().manual_seed(1))
+    b = augment(x, cfg, 128.0, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(a, b)
+    assert a.shape == x.shape and not torch.allclose(a, x)
+    assert augment(x, AugmentConfig(), 128.0, torch.Generator()) is x
+    paired = torch.cat([x, x - x.median(dim=0).values], dim=2)
+    noisy = augment(paired, AugmentConfig(noise_mv=0.1), 128.0, torch.Generator(), paired=True)
+    torch.testing.assert_close(noisy[..., 0] - paired[..., 0], noisy[..., 1] - paired[..., 1])
+
+
+def test_augmented_training_still_learns():
+    from ecg.config import AugmentConfig
+
+    seed_everything(0)
+    train, val = toy_side(512, 1), toy_side(256, 2)
+    model = _model()
+    state = fit(
+        model,
+        fit_normalizer(train, False),
+        train,
+        val,
+        ["a", "b"],
+        CFG,
+        torch.device("cpu"),
+        progress=False,
+        augmentation=AugmentConfig(noise_mv=0.05, scale=0.1, shift_s=0.02),
+    )
+    assert state.best_f1 > 0.9

@@ -1,0 +1,47 @@
+"""Random perturbations of training beats: what a recording adds that a clean database lacks.
+
+Applied to training batches only, in mV before normalisation, with the fit loop's own generator so
+that a run repeats itself. When the input holds a beat-minus-template channel for each lead, both
+channels of a lead get the same perturbation, as they would from a noisy recording.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ecg.config import AugmentConfig
+
+
+def augment(
+    x: torch.Tensor, cfg: AugmentConfig, fs: float, generator: torch.Generator, paired: bool = False
+) -> torch.Tensor:
+    """x: (batch, time, channels) in mV -> a perturbed copy."""
+    if not cfg.active:
+        return x
+    batch, length, channels = x.shape
+    leads = channels // 2 if paired else channels
+
+    def draw(*shape):
+        return torch.rand(*shape, generator=generator).to(x.device)
+
+    y = x.clone()
+    if cfg.scale:
+        y = y * (1 + cfg.scale * (2 * draw(batch, 1, 1) - 1))
+    extra = torch.zeros(batch, length, leads, device=x.device)
+    if cfg.noise_mv:
+        sigma = cfg.noise_mv * draw(batch, 1, 1)
+        extra += sigma * torch.randn(batch, length, leads, generator=generator).to(x.device)
+    if cfg.baseline_mv:
+        t = torch.linspace(-1, 1, length, device=x.device)[None, :, None]
+        offset = cfg.baseline_mv * (2 * draw(batch, 1, leads) - 1)
+        slope = cfg.baseline_mv * (2 * draw(batch, 1, leads) - 1)
+        extra += offset + slope * t
+    y[..., :leads] += extra
+    if paired:
+        y[..., leads:] += extra
+    if cfg.shift_s:
+        most = max(1, round(cfg.shift_s * fs))
+        shifts = torch.randint(-most, most + 1, (batch,), generator=generator)
+        index = (torch.arange(length)[None, :] - shifts[:, None]) % length
+        y = torch.gather(y, 1, index.to(x.device)[:, :, None].expand(-1, -1, channels))
+    return y
