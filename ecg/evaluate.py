@@ -327,7 +327,3 @@ def _log_headline(result: dict) -> None:
             f"F1 {cell(f'{c}_f1')}  (n={int(m[f'{c}_support']):,})"
         )
     log.info("\n".join(lines))
-
-
-def load_metrics(path: Path) -> dict:
-    return json.loads(path.read_text())

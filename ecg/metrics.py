@@ -55,12 +55,6 @@ def from_confusion(cm: np.ndarray, classes: Sequence[str]) -> dict[str, float]:
     return out
 
 
-def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
-    return from_confusion(confusion(y_true, y_pred, n_classes), [str(i) for i in range(n_classes)])[
-        "macro_f1"
-    ]
-
-
 def roc_auc_per_class(y_true: np.ndarray, proba: np.ndarray, classes: Sequence[str]) -> dict:
     """One-vs-rest ROC-AUC per class; NaN where a class has no positive or no negative piece."""
     out = {}

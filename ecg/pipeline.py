@@ -102,8 +102,6 @@ STAGES: tuple[Stage, ...] = (
     ),
 )
 
-STAGE_NAMES = tuple(stage.name for stage in STAGES)
-
 
 def engine_for(config: PipelineConfig) -> Engine:
     return Engine(config, STAGES)

@@ -95,10 +95,6 @@ class Tracker:
         for start in range(0, len(items), 500):
             self.client.log_batch(run_id, metrics=items[start : start + 500])
 
-    def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
-        for key, value in tags.items():
-            self.client.set_tag(run_id, key, str(value))
-
     def log_artifact(self, run_id: str, path: Path, folder: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), folder)
 
@@ -109,12 +105,6 @@ class Tracker:
             copy = Path(tmp) / target.name
             shutil.copyfile(path, copy)
             self.client.log_artifact(run_id, str(copy), target.parent.as_posix() or None)
-
-    def log_json(self, run_id: str, data: Any, name: str) -> None:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / name
-            path.write_text(json.dumps(data, indent=1, default=str))
-            self.client.log_artifact(run_id, str(path))
 
     def log_dataset(self, run_id: str, table, name: str, source: str, context: str) -> None:
         """Record what the model was trained on (``mlflow.log_input``): a table with its digest."""
