@@ -236,6 +236,11 @@ def cmd_run(args: argparse.Namespace, until: str | None = None) -> int:
         "device": args.device if args.device != "auto" else None,
         "tracking_uri": args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"),
     }
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by torchrun
+        from ecg.distributed import run_distributed
+
+        run_distributed(engine, options, args.force, on_stage=_announce)
+        return 0
     outcomes = engine.run(
         until=until or args.until, force=args.force, on_stage=_announce, options=options
     )

@@ -256,6 +256,28 @@ class Engine:
 
     # ----------------------------------------------------------------- execution
 
+    def is_fresh(self, name: str) -> bool:
+        return not self._stale_reasons(self.stage(name))
+
+    def run_detached(self, name: str, options: Mapping[str, Any]) -> None:
+        """Run a stage's function without the lock, its outputs or its stamp: for the extra
+        processes of a distributed training, which compute alongside rank 0 but keep nothing."""
+        stage = self.stage(name)
+        scratch = self._scratch(stage, self._current(stage))
+        tmp = self.work_dir / f".{stage.name}.detached-{os.getpid()}"
+        tmp.mkdir(parents=True, exist_ok=True)
+        ctx = StageContext(
+            config=self.config,
+            out=tmp,
+            inputs={up: self.out_dir(up) for up in stage.upstream},
+            scratch=scratch,
+            options=options,
+        )
+        try:
+            stage.function()(ctx)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
     def _execute(self, stage: Stage, options: Mapping[str, Any]) -> None:
         final = self.out_dir(stage.name)
         tmp = self.work_dir / f".{stage.name}.tmp-{os.getpid()}"

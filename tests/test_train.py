@@ -181,3 +181,47 @@ def test_augmented_training_still_learns():
         augmentation=AugmentConfig(noise_mv=0.05, scale=0.1, shift_s=0.02),
     )
     assert state.best_f1 > 0.9
+
+
+@pytest.mark.slow
+def test_torchrun_trains_the_smoke_pipeline_with_two_gloo_processes(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from ecg.tracking import Tracker
+
+    from conftest import write_pipeline
+
+    repo = Path(__file__).resolve().parent.parent
+    text = (
+        (repo / "pipelines" / "smoke.yaml")
+        .read_text()
+        .replace("source: tests/fixtures/mitdb", f"source: {repo / 'tests' / 'fixtures' / 'mitdb'}")
+    )
+    config = write_pipeline(tmp_path, "smoke", text)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "ecg",
+            "train",
+            "--config",
+            str(config),
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "data" / "processed" / "smoke" / "train" / "fold_0" / "model.pt").is_file()
+    assert not list((tmp_path / "data" / "processed" / "smoke").glob(".train.*"))
+    runs = Tracker(f"sqlite:///{tmp_path / 'data' / 'mlflow.db'}", "smoke").search()
+    assert list(runs["tags.processes"]) == ["2"]  # one run, logged by rank 0 alone
