@@ -114,7 +114,7 @@ def kfold_split(index: pd.DataFrame, cfg: SplitConfig) -> pd.DataFrame:
         side = np.full(len(index), "train", dtype=object)
         side[test_rows] = "test"
         val = validation_patients(
-            labels[train_rows], patients[train_rows], cfg.val_fraction, cfg.seed + fold
+            labels[train_rows], patients[train_rows], cfg.val_fraction, cfg.seed
         )
         side[np.isin(patients, list(val)) & (side == "train")] = "val"
         columns[f"split_{fold}"] = side
