@@ -181,6 +181,8 @@ class ModelConfig:
     """Join the RR-interval features to the pooled state before the classifier head."""
     rr_features: tuple[str, ...] = ()
     """Which RR features (names from the preprocess stage); empty means all."""
+    ensemble: int = 1
+    """Members trained from different random initialisations; their probabilities are averaged."""
     downsample: Literal[1, 2, 4, 8] = 1
     """Shorten the sequence by this factor with strided convolutions before the LSTM."""
     input_norm: Literal["global", "window"] = "global"
@@ -190,6 +192,7 @@ class ModelConfig:
         _check(self.hidden >= 1, "hidden", "a positive number of units")
         _check(self.layers >= 1, "layers", "one or more layers")
         _check(0 <= self.dropout < 1, "dropout", "a fraction in [0, 1)")
+        _check(1 <= self.ensemble <= 20, "ensemble", "between 1 and 20 members")
 
 
 @dataclass(frozen=True)

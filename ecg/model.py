@@ -73,9 +73,26 @@ class BiLSTMClassifier(nn.Module):
         return self.head(pooled)
 
 
-def build_model(n_leads: int, n_classes: int, n_rr: int, settings: Mapping) -> BiLSTMClassifier:
+class Ensemble(nn.Module):
+    """Members' class probabilities averaged; returned as log-probabilities so that, like a single
+    classifier's logits, a softmax of the output gives the probabilities."""
+
+    def __init__(self, members: list[BiLSTMClassifier]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor, rr: torch.Tensor | None = None) -> torch.Tensor:
+        proba = torch.stack([torch.softmax(m(x, rr), dim=1) for m in self.members]).mean(dim=0)
+        return torch.log(proba.clamp_min(1e-12))
+
+
+def build_model(n_leads: int, n_classes: int, n_rr: int, settings: Mapping) -> nn.Module:
     """The classifier described by a pipeline's ``model`` section (as a dict, as stored with the
-    weights), sized for the data."""
+    weights), sized for the data: one BiLSTM, or an ensemble of them."""
+    members = int(settings.get("ensemble", 1))
+    if members > 1:
+        single = {**settings, "ensemble": 1}
+        return Ensemble([build_model(n_leads, n_classes, n_rr, single) for _ in range(members)])
     return BiLSTMClassifier(
         n_leads,
         n_classes,

@@ -8,6 +8,7 @@ same loop runs as DistributedDataParallel: each process takes its share of every
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -34,7 +35,14 @@ from ecg.digests import sha256_file
 from ecg.engine import StageContext
 from ecg.errors import EcgError
 from ecg.metrics import confusion, from_confusion
-from ecg.model import BiLSTMClassifier, Normalizer, PackagedClassifier, build_model, pack
+from ecg.model import (
+    BiLSTMClassifier,
+    Ensemble,
+    Normalizer,
+    PackagedClassifier,
+    build_model,
+    pack,
+)
 from ecg.provenance import device_description, git_commit
 from ecg.tracking import Tracker
 
@@ -430,9 +438,8 @@ def _train_fold(ctx, fold, folds, device, tracker, run_id, parent) -> str:
             f"fold {fold}: {len(train)} training and {len(val)} validation pieces; "
             "both sides need some"
         )
-    seed_everything(cfg.seed + fold)
     n_rr = len(data.rr_names)
-    model = build_model(data.n_leads, len(data.classes), n_rr, to_dict(mcfg))
+    single = {**to_dict(mcfg), "ensemble": 1}
     normalizer = fit_normalizer(train, mcfg.input_norm == "window")
     where = f" (fold {fold + 1}/{folds})" if folds > 1 else ""
     log.info(
@@ -453,27 +460,56 @@ def _train_fold(ctx, fold, folds, device, tracker, run_id, parent) -> str:
             "training",
         )
 
-    def on_epoch(entry: EpochLog) -> None:
-        if tracker:
-            tracker.log_metrics(
-                run_id, {k: v for k, v in vars(entry).items() if k != "epoch"}, step=entry.epoch
-            )
+    members, states = [], []
+    for member in range(mcfg.ensemble):
+        prefix = f"member_{member}_" if member else ""
 
-    state = fit(
-        model,
-        normalizer,
-        train,
-        val,
-        data.classes,
-        cfg,
-        device,
-        checkpoint=ctx.scratch / f"fold_{fold}" / "last.pt",
-        resume=bool(ctx.options.get("resume")),
-        on_epoch=on_epoch,
-        augmentation=config.augment if config.augment.active else None,
-        fs=config.signal.fs,
-        paired=config.segment.beat_template,
-    )
+        def on_epoch(entry: EpochLog, prefix=prefix) -> None:
+            if tracker:
+                values = {f"{prefix}{k}": v for k, v in vars(entry).items() if k != "epoch"}
+                tracker.log_metrics(run_id, values, step=entry.epoch)
+
+        if mcfg.ensemble > 1:
+            log.info("train%s: ensemble member %d of %d", where, member + 1, mcfg.ensemble)
+        seed_everything(cfg.seed + fold + 1000 * member)
+        model = build_model(data.n_leads, len(data.classes), n_rr, single)
+        member_cfg = dataclasses.replace(cfg, seed=cfg.seed + 1000 * member)
+        checkpoint = (
+            ctx.scratch / f"fold_{fold}" / (f"member_{member}" if member else "") / "last.pt"
+        )
+        states.append(
+            fit(
+                model,
+                normalizer,
+                train,
+                val,
+                data.classes,
+                member_cfg,
+                device,
+                checkpoint=checkpoint,
+                resume=bool(ctx.options.get("resume")),
+                on_epoch=on_epoch,
+                augmentation=config.augment if config.augment.active else None,
+                fs=config.signal.fs,
+                paired=config.segment.beat_template,
+            )
+        )
+        members.append(model.cpu())
+    state = states[0]
+    model = Ensemble(members) if len(members) > 1 else members[0]
+    if len(members) > 1:
+        proba = predict_proba(model, normalizer.cpu(), val, torch.device("cpu"))
+        scores = from_confusion(
+            confusion(val.y.numpy(), proba.argmax(axis=1), len(data.classes)), data.classes
+        )
+        state = dataclasses.replace(state, best_f1=scores["macro_f1"])
+        log.info(
+            "train%s: ensemble of %d, validation macro-F1 %.4f (members: %s)",
+            where,
+            len(members),
+            state.best_f1,
+            ", ".join(f"{s.best_f1:.4f}" for s in states),
+        )
     model.cpu()
     normalizer.cpu()
     out = ctx.out / f"fold_{fold}"
@@ -532,7 +568,7 @@ def model_spec(config, data, n_rr: int) -> dict:
     }
 
 
-def load_classifier(path: Path) -> tuple[BiLSTMClassifier, Normalizer, dict]:
+def load_classifier(path: Path) -> tuple[nn.Module, Normalizer, dict]:
     """Rebuild a trained model from ``model.pt`` (never unpickled: ``weights_only=True``)."""
     payload = torch.load(path, map_location="cpu", weights_only=True)
     spec = payload["spec"]

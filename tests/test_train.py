@@ -225,3 +225,53 @@ def test_torchrun_trains_the_smoke_pipeline_with_two_gloo_processes(tmp_path):
     assert not list((tmp_path / "data" / "processed" / "smoke").glob(".train.*"))
     runs = Tracker(f"sqlite:///{tmp_path / 'data' / 'mlflow.db'}", "smoke").search()
     assert list(runs["tags.processes"]) == ["2"]  # one run, logged by rank 0 alone
+
+
+def test_an_ensemble_averages_its_members_probabilities():
+    from ecg.model import Ensemble, build_model
+
+    settings = {"hidden": 8, "layers": 1, "dropout": 0.0, "pooling": "last", "ensemble": 3}
+    model = build_model(1, 4, 2, settings)
+    assert isinstance(model, Ensemble) and len(model.members) == 3
+    x, rr = torch.randn(5, 90, 1), torch.randn(5, 2)
+    with torch.no_grad():
+        mean = torch.stack([torch.softmax(m(x, rr), 1) for m in model.members]).mean(0)
+        torch.testing.assert_close(torch.softmax(model(x, rr), 1), mean)
+
+
+def test_the_train_stage_ships_an_ensemble_that_loads_back(tmp_path):
+    from pathlib import Path
+
+    from ecg.cli import main
+    from ecg.model import Ensemble
+    from ecg.train import load_classifier
+
+    from conftest import write_pipeline
+
+    repo = Path(__file__).resolve().parent.parent
+    text = (
+        (repo / "pipelines" / "smoke.yaml")
+        .read_text()
+        .replace("source: tests/fixtures/mitdb", f"source: {repo / 'tests' / 'fixtures' / 'mitdb'}")
+    )
+    config = write_pipeline(tmp_path, "smoke", text)
+    assert (
+        main(
+            [
+                "run",
+                "--config",
+                str(config),
+                "--until",
+                "evaluate",
+                "--set",
+                "model.ensemble=2",
+                "--set",
+                "train.epochs=1",
+            ]
+        )
+        == 0
+    )
+    model, _, spec = load_classifier(
+        tmp_path / "data" / "processed" / "smoke" / "train" / "fold_0" / "model.pt"
+    )
+    assert isinstance(model, Ensemble) and spec["model"]["ensemble"] == 2
