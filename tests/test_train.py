@@ -200,26 +200,38 @@ def test_torchrun_trains_the_smoke_pipeline_with_two_gloo_processes(tmp_path):
         .replace("source: tests/fixtures/mitdb", f"source: {repo / 'tests' / 'fixtures' / 'mitdb'}")
     )
     config = write_pipeline(tmp_path, "smoke", text)
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            "-m",
-            "ecg",
-            "train",
-            "--config",
-            str(config),
-            "--device",
-            "cpu",
-        ],
-        capture_output=True,
+    import os
+    import signal
+
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "ecg",
+        "train",
+        "--config",
+        str(config),
+        "--device",
+        "cpu",
+    ]
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=300,
-        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+        start_new_session=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
+    try:
+        _, stderr = process.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)  # the launcher and both workers
+        process.communicate()
+        raise
+    result = subprocess.CompletedProcess(command, process.returncode, "", stderr)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "data" / "processed" / "smoke" / "train" / "fold_0" / "model.pt").is_file()
     assert not list((tmp_path / "data" / "processed" / "smoke").glob(".train.*"))
