@@ -40,7 +40,7 @@ def noisy_segment(samples: np.ndarray, fs: float) -> np.ndarray:
     return (t >= 300) & (((t - 300) % 240) < 120)
 
 
-def train(source: Path | None) -> Path:
+def train(source: Path | None, overrides: list[str]) -> Path:
     command = [
         sys.executable,
         "-m",
@@ -54,6 +54,8 @@ def train(source: Path | None) -> Path:
         "--set",
         "split.exclude_records=[118, 119]",
     ]
+    for override in overrides:
+        command += ["--set", override]
     if source:
         command += ["--source", str(source)]
     subprocess.run(command, check=True)
@@ -76,8 +78,16 @@ def main() -> None:
     parser.add_argument("--mitdb", type=Path, required=True, help="clean records 118 and 119")
     parser.add_argument("--source", type=Path, help="mitdb source for training, if not cached")
     parser.add_argument("--out", type=Path, default=Path("reports") / "noise_stress")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="train a variant of the default config",
+    )
     args = parser.parse_args()
-    model = load_model(str(train(args.source or args.mitdb)))
+    model = load_model(str(train(args.source or args.mitdb, args.overrides)))
     classes = model.spec["classes"]
     leads = list(model.signal.leads)
     rows = []
