@@ -141,24 +141,34 @@ class Tracker:
         with torch.no_grad():
             output = model(torch.from_numpy(example)).numpy()
         signature = infer_signature(example, output.astype(np.float32))
-        mlflow.set_tracking_uri(self.uri)
         # Its warning about pickle is the trade-off made knowingly above.
         logging.getLogger("mlflow.pytorch").setLevel(logging.ERROR)
-        with mlflow.start_run(run_id=run_id):
-            info = mlflow.pytorch.log_model(
+        # Saved locally and logged through this client, not with mlflow.log_model: that needs
+        # mlflow's process-wide active run and tracking URI, and setting the URI also sets
+        # MLFLOW_TRACKING_URI for everything the process does afterwards.
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model"
+            mlflow.pytorch.save_model(
                 model,
-                name="model",
+                str(path),
                 serialization_format="pickle",
                 pip_requirements=requirements,
                 signature=signature,
                 input_example=example,
-                registered_model_name=registered_name,
                 # the pickled model refers to ecg.model: ship the package with it
                 code_paths=[str(Path(__file__).resolve().parent)],
             )
-        # start_run/with leaves the run FINISHED; the caller decides when it is done
-        self.client.update_run(run_id, status="RUNNING")
-        return info.model_uri
+            self.client.log_artifacts(run_id, str(path), "model")
+        uri = f"runs:/{run_id}/model"
+        if not registered_name:
+            return uri
+        try:
+            self.client.create_registered_model(registered_name)
+        except mlflow.exceptions.MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        version = self.client.create_model_version(registered_name, source=uri, run_id=run_id)
+        return f"models:/{registered_name}/{version.version}"
 
     # --------------------------------------------------------------------- reading
 
@@ -166,13 +176,31 @@ class Tracker:
         return self.client.get_run(run_id)
 
     def search(self, max_results: int = 100, order_by: list[str] | None = None):
-        mlflow = _mlflow()
-        mlflow.set_tracking_uri(self.uri)
-        return mlflow.search_runs(
-            experiment_ids=[self.experiment_id],
+        """Runs of the experiment as a table shaped like ``mlflow.search_runs``'s (run_id,
+        status, start_time, end_time, params.*, metrics.*, tags.*), newest first."""
+        import pandas as pd
+
+        runs = self.client.search_runs(
+            [self.experiment_id],
             max_results=max_results,
             order_by=order_by or ["attributes.start_time DESC"],
         )
+        rows = []
+        for run in runs:
+            row = {
+                "run_id": run.info.run_id,
+                "status": run.info.status,
+                "start_time": pd.to_datetime(run.info.start_time, unit="ms", utc=True),
+                "end_time": pd.to_datetime(run.info.end_time, unit="ms", utc=True)
+                if run.info.end_time
+                else pd.NaT,
+                "tags.mlflow.parentRunId": None,
+            }
+            row.update({f"params.{k}": v for k, v in run.data.params.items()})
+            row.update({f"metrics.{k}": v for k, v in run.data.metrics.items()})
+            row.update({f"tags.{k}": v for k, v in run.data.tags.items()})
+            rows.append(row)
+        return pd.DataFrame(rows)
 
     def download(self, run_id: str, path: str, into: Path) -> Path:
         return Path(self.client.download_artifacts(run_id, path, str(into)))

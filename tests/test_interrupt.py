@@ -63,9 +63,12 @@ def test_killed_at_any_moment_the_next_run_completes_the_same_outputs(tmp_path):
             kills += 1
         _, err = process.communicate(timeout=120)
         assert "Traceback" not in err
-        if process.returncode:
-            assert process.returncode == 130
+        if process.returncode == 130:
             assert "interrupted" in err
+        elif process.returncode:
+            # a signal that lands while Python is still importing ends it before `ecg` can
+            # catch anything: nothing has been written yet
+            assert process.returncode in (-signal.SIGINT, -signal.SIGTERM), err
         work = config.parent.parent / "data" / "processed" / "smoke"
         assert not list(work.glob(".*.tmp-*")), "a killed stage left its temporary folder"
     assert kills >= 3

@@ -91,9 +91,11 @@ def test_smoke_pipeline_logs_everything_to_a_real_mlflow_server(
     _smoke_project(tmp_path, fixtures)
     assert main(["run", "smoke", "--tracking-uri", mlflow_server]) == 0
     assert not (tmp_path / "mlflow.db").exists()  # nothing went to a local store
+    assert "MLFLOW_TRACKING_URI" not in os.environ  # and nothing leaked into the process
 
-    mlflow.set_tracking_uri(mlflow_server)
-    runs = mlflow.search_runs(experiment_names=["smoke"])
+    # never mlflow.set_tracking_uri: it also sets the variable for the rest of the process
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    runs = Tracker(mlflow_server, "smoke").search()
     assert len(runs) == 1
     run = runs.iloc[0]
     assert run["status"] == "FINISHED"
@@ -105,9 +107,9 @@ def test_smoke_pipeline_logs_everything_to_a_real_mlflow_server(
     assert run["run_id"] == metrics["run_id"]
     assert run["metrics.test_accuracy"] == pytest.approx(metrics["test"]["metrics"]["accuracy"])
     assert run["metrics.test_S_recall"] == pytest.approx(metrics["test"]["metrics"]["S_recall"])
-    history = mlflow.MlflowClient().get_metric_history(run["run_id"], "val_macro_f1")
+    history = mlflow.MlflowClient(mlflow_server).get_metric_history(run["run_id"], "val_macro_f1")
     assert [m.step for m in history] == [1, 2, 3]
-    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run["run_id"])}
+    artifacts = {a.path for a in mlflow.MlflowClient(mlflow_server).list_artifacts(run["run_id"])}
     assert {"metrics.json", "predictions.csv", "confusion_matrix.png"} <= artifacts
 
     model = mlflow.pyfunc.load_model("models:/ecg-smoke/1")
