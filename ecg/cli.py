@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,16 +13,13 @@ from ecg import __version__
 from ecg.config import PipelineConfig, find_pipeline, load_config
 from ecg.engine import Stage
 from ecg.errors import EcgError
+from ecg.interrupts import interrupts_end_the_run
 from ecg.pipeline import STAGES, engine_for
 
 log = logging.getLogger("ecg")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # SIGTERM (a scheduler, `kill`) ends the run like Ctrl-C: cleanup code runs, temporary
-    # outputs are removed and the MLflow run is marked, instead of dying mid-write.
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _terminate)
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args.quiet)
@@ -32,7 +27,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return args.handler(args) or 0
+        # SIGTERM (a scheduler, `kill`) ends the run like Ctrl-C: cleanup code runs, temporary
+        # outputs are removed and the MLflow run is marked, instead of dying mid-write.
+        with interrupts_end_the_run():
+            return args.handler(args) or 0
     except EcgError as exc:
         if args.debug:
             raise
@@ -429,10 +427,6 @@ def _announce(stage: Stage, reasons: tuple[str, ...]) -> None:
         stage.name,
         "; ".join(reasons[:3]) + (f"; and {len(reasons) - 3} more" if len(reasons) > 3 else ""),
     )
-
-
-def _terminate(signum, frame) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _configure_logging(quiet: bool) -> None:
