@@ -6,6 +6,10 @@ collection), the interpreter cannot propagate it: it prints "Exception ignored .
 and carries on, so the user's Ctrl-C is lost and the run goes on as if nothing happened. Here
 such a swallowed interrupt is delivered again a moment later, from a helper thread, so that it
 surfaces in ordinary code and ends the run through the usual cleanup.
+
+A signal that lands inside a C extension can also come out as some other exception (matplotlib's
+renderer turns it into "ValueError: Invalid affine transformation matrix"); once a signal has
+been received, whatever ends the run is reported as the interruption it is.
 """
 
 from __future__ import annotations
@@ -30,8 +34,10 @@ def interrupts_end_the_run() -> Iterator[None]:
     previous_handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     previous_hook = sys.unraisablehook
     in_hook = False
+    received: list[int] = []
 
     def handler(signum, frame) -> None:
+        received.append(signum)
         if in_hook:  # raising here would be swallowed once more: try again a moment later
             _redeliver_soon()
             return
@@ -53,6 +59,10 @@ def interrupts_end_the_run() -> Iterator[None]:
     sys.unraisablehook = hook
     try:
         yield
+    except Exception as exc:
+        if received:
+            raise KeyboardInterrupt(f"signal {received[0]}") from exc
+        raise
     finally:
         sys.unraisablehook = previous_hook
         for signum, previous in previous_handlers.items():

@@ -43,3 +43,18 @@ def test_sigterm_raises_keyboard_interrupt_and_handlers_are_restored():
         _ordinary_work(5.0)
     after = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM), sys.unraisablehook)
     assert after == before
+
+
+def test_an_interrupt_that_a_c_extension_turns_into_another_error_still_reads_as_one():
+    with pytest.raises(KeyboardInterrupt) as raised, interrupts_end_the_run():
+        try:
+            signal.raise_signal(signal.SIGINT)
+            _ordinary_work(5.0)
+        except KeyboardInterrupt:
+            raise ValueError("Invalid affine transformation matrix") from None
+    assert isinstance(raised.value.__cause__, ValueError)
+
+
+def test_an_error_without_a_signal_stays_that_error():
+    with pytest.raises(ValueError), interrupts_end_the_run():
+        raise ValueError("a real bug")
