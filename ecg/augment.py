@@ -30,7 +30,10 @@ def augment(
     extra = torch.zeros(batch, length, leads, device=x.device)
     if cfg.noise_mv:
         sigma = cfg.noise_mv * draw(batch, 1, 1)
-        extra += sigma * torch.randn(batch, length, leads, generator=generator).to(x.device)
+        noise = torch.randn(batch, length, leads, generator=generator).to(x.device)
+        if cfg.noise_band_hz is not None:
+            noise = band_limited(noise, fs, cfg.noise_band_hz)
+        extra += sigma * noise
     if cfg.baseline_mv:
         t = torch.linspace(-1, 1, length, device=x.device)[None, :, None]
         offset = cfg.baseline_mv * (2 * draw(batch, 1, leads) - 1)
@@ -45,3 +48,20 @@ def augment(
         index = (torch.arange(length)[None, :] - shifts[:, None]) % length
         y = torch.gather(y, 1, index.to(x.device)[:, :, None].expand(-1, -1, channels))
     return y
+
+
+def band_limited(noise: torch.Tensor, fs: float, band_hz: tuple[float, ...]) -> torch.Tensor:
+    """White noise (batch, time, channels) -> the same noise with only the band kept, rescaled to
+    unit standard deviation so that ``noise_mv`` means the same thing for any band.
+
+    An FFT mask rather than a scipy filter: it runs on the batch where it lies (GPU included),
+    and a window of a second has no edge for a filter's transient to spoil.
+    """
+    length = noise.shape[1]
+    spectrum = torch.fft.rfft(noise, dim=1)
+    frequencies = torch.fft.rfftfreq(length, d=1 / fs).to(noise.device)
+    keep = (frequencies >= band_hz[0]) & (frequencies <= band_hz[1])
+    if not bool(keep.any()):
+        return torch.zeros_like(noise)
+    shaped = torch.fft.irfft(spectrum * keep[None, :, None], n=length, dim=1)
+    return shaped / shaped.std(dim=1, keepdim=True).clamp_min(1e-8)

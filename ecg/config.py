@@ -240,7 +240,10 @@ class AugmentConfig:
     """Random perturbations of training beats (never of validation or test beats)."""
 
     noise_mv: float = 0.0
-    """White noise with a standard deviation drawn per beat from [0, noise_mv] mV."""
+    """Noise with a standard deviation drawn per beat from [0, noise_mv] mV."""
+    noise_band_hz: tuple[float, ...] | None = None
+    """Unset: white noise. [low, high]: the noise keeps only that band, as electrode-motion noise
+    does (most of its power below about 10 Hz, where it mimics wide QRS and T waves)."""
     baseline_mv: float = 0.0
     """A random offset and slope, each up to this many mV: baseline wander within a window."""
     scale: float = 0.0
@@ -252,6 +255,12 @@ class AugmentConfig:
         for key in ("noise_mv", "baseline_mv", "scale", "shift_s"):
             _check(getattr(self, key) >= 0, key, "zero (off) or a positive amount")
         _check(self.scale < 1, "scale", "a fraction below 1")
+        if self.noise_band_hz is not None:
+            _check(
+                len(self.noise_band_hz) == 2 and 0 <= self.noise_band_hz[0] < self.noise_band_hz[1],
+                "noise_band_hz",
+                "[low, high] in Hz with 0 <= low < high, or null for white noise",
+            )
 
     @property
     def active(self) -> bool:

@@ -54,6 +54,14 @@ def test_impossible_value_is_an_error(tmp_path):
         load_config(path)
 
 
+def test_a_noise_band_must_be_low_then_high(tmp_path):
+    path = write_pipeline(tmp_path, "p", GOOD + "augment:\n  noise_band_hz: [10, 1]\n")
+    with pytest.raises(ConfigError, match=r"p\.yaml: augment\.noise_band_hz: \[low, high\]"):
+        load_config(path)
+    config = load_config(path, ["augment.noise_band_hz=[0.5, 10]"])
+    assert config.augment.noise_band_hz == (0.5, 10.0)
+
+
 def test_unknown_database_lists_the_supported_ones(tmp_path):
     path = write_pipeline(tmp_path, "p", "download:\n  database: mimic\n")
     with pytest.raises(ConfigError, match=r"download\.database: expected one of 'mitdb', 'ptbdb'"):

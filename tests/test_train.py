@@ -163,6 +163,19 @@ def test_augmentation_perturbs_training_beats_reproducibly():
     torch.testing.assert_close(noisy[..., 0] - paired[..., 0], noisy[..., 1] - paired[..., 1])
 
 
+def test_band_limited_noise_keeps_only_its_band():
+    from ecg.augment import band_limited
+
+    fs, length = 128.0, 128
+    white = torch.randn(64, length, 1, generator=torch.Generator().manual_seed(0))
+    shaped = band_limited(white, fs, (0.5, 10.0))
+    power = (torch.fft.rfft(shaped, dim=1).abs() ** 2).mean(dim=(0, 2))
+    frequencies = torch.fft.rfftfreq(length, d=1 / fs)
+    inside = (frequencies >= 0.5) & (frequencies <= 10.0)
+    assert power[~inside].sum() < 1e-6 * power[inside].sum()
+    torch.testing.assert_close(shaped.std(dim=1), torch.ones(64, 1))
+
+
 def test_augmented_training_still_learns():
     from ecg.config import AugmentConfig
 
