@@ -286,8 +286,6 @@ def test_the_train_stage_ships_an_ensemble_that_loads_back(tmp_path):
                 "run",
                 "--config",
                 str(config),
-                "--until",
-                "evaluate",
                 "--set",
                 "model.ensemble=2",
                 "--set",
@@ -300,3 +298,6 @@ def test_the_train_stage_ships_an_ensemble_that_loads_back(tmp_path):
         tmp_path / "data" / "processed" / "smoke" / "train" / "fold_0" / "model.pt"
     )
     assert isinstance(model, Ensemble) and spec["model"]["ensemble"] == 2
+    report = next((tmp_path / "reports" / "smoke").glob("*/report.md")).read_text()
+    assert "member 1: 1 epochs run" in report and "member 2: 1 epochs run" in report
+    assert "ensemble of these members" in report

@@ -68,10 +68,11 @@ def collect(tracker: Tracker, run_id: str) -> RunData:
         metrics = json.loads(fetch("metrics.json").read_text())
         predictions = pd.read_csv(fetch("predictions.csv"), dtype={"record": str, "patient": str})
         histories = {}
-        if (path := fetch("history.csv")) is not None:
-            histories["model"] = pd.read_csv(path)
         for name in sorted(p for p in available if p.startswith("history/")):
             histories[Path(name).stem.replace("_", " ")] = pd.read_csv(fetch(name))
+        # one model's run: its own history; folds or ensemble members: one curve each (above)
+        if not histories and (path := fetch("history.csv")) is not None:
+            histories["model"] = pd.read_csv(path)
         data = RunData(
             run_id=run_id,
             name=run.info.run_name or run_id,

@@ -224,10 +224,17 @@ def _training(doc: Document, run: RunData, figures: Path) -> None:
             f"{name}: {len(history)} epochs run, epoch {kept} kept (validation macro-F1 {f1:.3f})"
         )
     path = plots.training_curves_png(run.histories, best, figures / "training.png")
+    ensemble = any("member" in name for name in run.histories)
     doc.add(
         Image(path, "loss, validation macro-F1 and learning rate per epoch"),
         Paragraph(
-            "; ".join(lines) + ". Early stopping and model selection use the "
+            "; ".join(lines)
+            + (
+                ". The model is the ensemble of these members: their probabilities are averaged"
+                if ensemble
+                else ""
+            )
+            + ". Early stopping and model selection use the "
             "validation patients only, drawn from the training side."
         ),
     )
