@@ -9,12 +9,16 @@ surfaces in ordinary code and ends the run through the usual cleanup.
 
 A signal that lands inside a C extension can also come out as some other exception (matplotlib's
 renderer turns it into "ValueError: Invalid affine transformation matrix"); once a signal has
-been received, whatever ends the run is reported as the interruption it is.
+been received, whatever ends the run is reported as the interruption it is. Libraries that log
+their own clean-up failures with a traceback (SQLAlchemy: "Error closing cursor ... Cannot operate
+on a closed database") are quietened from then on: the user asked the run to stop, and the one
+line `ecg` prints says what happened.
 """
 
 from __future__ import annotations
 
 import _thread
+import logging
 import signal
 import sys
 import threading
@@ -38,6 +42,7 @@ def interrupts_end_the_run() -> Iterator[None]:
 
     def handler(signum, frame) -> None:
         received.append(signum)
+        logging.disable(logging.ERROR)
         if in_hook:  # raising here would be swallowed once more: try again a moment later
             _redeliver_soon()
             return
@@ -64,6 +69,8 @@ def interrupts_end_the_run() -> Iterator[None]:
             raise KeyboardInterrupt(f"signal {received[0]}") from exc
         raise
     finally:
+        if received:
+            logging.disable(logging.NOTSET)
         sys.unraisablehook = previous_hook
         for signum, previous in previous_handlers.items():
             signal.signal(signum, previous)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 import time
@@ -58,3 +59,16 @@ def test_an_interrupt_that_a_c_extension_turns_into_another_error_still_reads_as
 def test_an_error_without_a_signal_stays_that_error():
     with pytest.raises(ValueError), interrupts_end_the_run():
         raise ValueError("a real bug")
+
+
+def test_after_a_signal_library_clean_up_errors_are_not_printed(caplog):
+    noisy = logging.getLogger("sqlalchemy.pool")
+    with pytest.raises(KeyboardInterrupt), interrupts_end_the_run():
+        try:
+            signal.raise_signal(signal.SIGINT)
+            _ordinary_work(5.0)
+        finally:
+            noisy.error("Error closing cursor", exc_info=True)
+    assert "Error closing cursor" not in caplog.text
+    noisy.error("a real error, later")
+    assert "a real error, later" in caplog.text
