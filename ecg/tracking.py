@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -29,6 +30,19 @@ def _mlflow():
     import mlflow  # imported here: it costs seconds, and `ecg status` never needs it
 
     return mlflow
+
+
+def _artifact_location(uri: str, experiment: str) -> str | None:
+    """Artifacts of a local store live beside its database.
+
+    MLflow's default for a SQLite store is ``./mlruns`` of whatever folder the process started
+    in, which scatters models over the user's disk (and put the test suite's artifacts into the
+    working tree). A server decides for itself.
+    """
+    if not uri.startswith("sqlite:///"):
+        return None
+    folder = re.sub(r"[^A-Za-z0-9._-]", "_", experiment)
+    return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts" / folder).as_uri()
 
 
 class Tracker:
@@ -48,7 +62,9 @@ class Tracker:
             return
         found = self.client.get_experiment_by_name(experiment)
         self.experiment_id = (
-            found.experiment_id if found else self.client.create_experiment(experiment)
+            found.experiment_id
+            if found
+            else self.client.create_experiment(experiment, _artifact_location(uri, experiment))
         )
 
     # --------------------------------------------------------------------- runs

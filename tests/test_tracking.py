@@ -138,3 +138,16 @@ def test_the_default_store_is_in_the_project_data_folder(tmp_path, fixtures, mon
     monkeypatch.chdir("/")
     config = load_config(path)
     assert config.tracking_uri == f"sqlite:///{tmp_path / 'data' / 'mlflow.db'}"
+
+
+def test_artifacts_of_a_local_store_live_beside_it_not_in_the_working_folder(tmp_path, monkeypatch):
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    tracker = Tracker(f"sqlite:///{tmp_path / 'data' / 'mlflow.db'}", "my experiment")
+    run_id = tracker.start("r", {})
+    note = tmp_path / "note.txt"
+    note.write_text("hello")
+    tracker.log_artifact(run_id, note)
+    assert (tmp_path / "data" / "mlartifacts" / "my_experiment").is_dir()
+    assert list(cwd.iterdir()) == []
