@@ -59,7 +59,7 @@ def band_limited(noise: torch.Tensor, fs: float, band_hz: tuple[float, ...]) -> 
     """
     length = noise.shape[1]
     spectrum = torch.fft.rfft(noise, dim=1)
-    frequencies = torch.fft.rfftfreq(length, d=1 / fs).to(noise.device)
+    frequencies = torch.fft.rfftfreq(length, d=1 / fs, device=noise.device)
     keep = (frequencies >= band_hz[0]) & (frequencies <= band_hz[1])
     if not bool(keep.any()):
         return torch.zeros_like(noise)

@@ -526,13 +526,17 @@ def _train_fold(ctx, fold, folds, device, tracker, run_id, parent) -> str:
         out / "model.pt",
     )
     pd.DataFrame(state.history).to_csv(out / "history.csv", index=False)
-    # Each member's own curve: the report shows how alike (or not) the members trained.
-    member_histories = []
+    # The curves a report draws, as (file, artifact name): one per ensemble member, so the
+    # report shows how alike (or not) the members trained, and one per fold of a cross-validation.
+    fold_name = [f"fold_{fold}"] if folds > 1 else []
+    curves = []
     if len(states) > 1:
         for member, member_state in enumerate(states, start=1):
             path = out / f"history_member_{member}.csv"
             pd.DataFrame(member_state.history).to_csv(path, index=False)
-            member_histories.append((member, path))
+            curves.append((path, "_".join([*fold_name, f"member_{member}"])))
+    elif folds > 1:
+        curves.append((out / "history.csv", fold_name[0]))
     if not tracker:
         return ""
     tracker.log_metrics(
@@ -554,13 +558,8 @@ def _train_fold(ctx, fold, folds, device, tracker, run_id, parent) -> str:
     # The checkpoint itself, so `ecg predict --model models:/...` can rebuild the model and its
     # preprocessing from tensors alone, without unpickling anything.
     tracker.log_artifact(run_id, out / "model.pt", "checkpoint")
-    if folds > 1 and not member_histories:
-        tracker.log_artifact_as(parent, out / "history.csv", f"history/fold_{fold}.csv")
-    for member, path in member_histories:
-        if folds > 1:
-            tracker.log_artifact_as(parent, path, f"history/fold_{fold}_member_{member}.csv")
-        else:
-            tracker.log_artifact_as(run_id, path, f"history/member_{member}.csv")
+    for path, name in curves:
+        tracker.log_artifact_as(parent if folds > 1 else run_id, path, f"history/{name}.csv")
     return model_uri
 
 

@@ -224,19 +224,18 @@ def _training(doc: Document, run: RunData, figures: Path) -> None:
             f"{name}: {len(history)} epochs run, epoch {kept} kept (validation macro-F1 {f1:.3f})"
         )
     path = plots.training_curves_png(run.histories, best, figures / "training.png")
-    ensemble = any("member" in name for name in run.histories)
+    sentences = ["; ".join(lines)]
+    if any("member" in name for name in run.histories):
+        sentences.append(
+            "The model is the ensemble of these members: their probabilities are averaged"
+        )
+    sentences.append(
+        "Early stopping and model selection use the validation patients only, drawn from the "
+        "training side"
+    )
     doc.add(
         Image(path, "loss, validation macro-F1 and learning rate per epoch"),
-        Paragraph(
-            "; ".join(lines)
-            + (
-                ". The model is the ensemble of these members: their probabilities are averaged"
-                if ensemble
-                else ""
-            )
-            + ". Early stopping and model selection use the "
-            "validation patients only, drawn from the training side."
-        ),
+        Paragraph(". ".join(sentences) + "."),
     )
 
 
