@@ -209,7 +209,10 @@ class TrainConfig:
     momentum: float = 0.9
     """SGD only."""
     class_weights: Literal["none", "inverse", "sqrt_inverse"] = "sqrt_inverse"
-    """Cross-entropy weights from the training class counts."""
+    """Loss weights from the training class counts."""
+    loss: Literal["cross_entropy", "focal"] = "cross_entropy"
+    """focal: cross-entropy scaled by (1 - p)^focal_gamma, so well-classified beats count less."""
+    focal_gamma: float = 2.0
     sampler: Literal["shuffle", "balanced"] = "shuffle"
     """balanced: draw every class equally often (with replacement)."""
     samples_per_epoch: int = 0
@@ -231,6 +234,7 @@ class TrainConfig:
         _check(self.lr > 0, "lr", "a positive learning rate")
         _check(self.samples_per_epoch >= 0, "samples_per_epoch", "zero or more")
         _check(self.patience >= 1, "patience", "one or more epochs")
+        _check(self.focal_gamma >= 0, "focal_gamma", "zero (plain cross-entropy) or more")
         _check(0 < self.lr_factor < 1, "lr_factor", "a factor in (0, 1)")
         _check(self.clip_grad_norm >= 0, "clip_grad_norm", "zero (off) or a positive norm")
 

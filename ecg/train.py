@@ -34,6 +34,7 @@ from ecg.dataset import Side, load_fold
 from ecg.digests import sha256_file
 from ecg.engine import StageContext
 from ecg.errors import EcgError
+from ecg.losses import make_loss
 from ecg.metrics import confusion, from_confusion
 from ecg.model import (
     BiLSTMClassifier,
@@ -188,7 +189,7 @@ def fit(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
     weights = class_weights(train.y, len(classes), cfg.class_weights)
-    loss_fn = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device))
+    loss_fn = make_loss(cfg.loss, cfg.focal_gamma, None if weights is None else weights.to(device))
     optimizer = _optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="max", factor=cfg.lr_factor, patience=cfg.lr_patience

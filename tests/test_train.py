@@ -15,6 +15,7 @@ import torch.multiprocessing as mp
 
 from ecg.config import TrainConfig
 from ecg.dataset import Side
+from ecg.losses import FocalLoss
 from ecg.model import BiLSTMClassifier, PackagedClassifier, pack
 from ecg.train import fit, fit_normalizer, seed_everything
 
@@ -299,3 +300,24 @@ def test_the_train_stage_ships_an_ensemble_that_loads_back(tmp_path):
     report = next((tmp_path / "reports" / "smoke").glob("*/report.md")).read_text()
     assert "member 1: 1 epochs run" in report and "member 2: 1 epochs run" in report
     assert "ensemble of these members" in report
+
+
+def test_focal_loss_with_gamma_zero_is_the_weighted_cross_entropy():
+    logits = torch.randn(32, 4, generator=torch.Generator().manual_seed(0))
+    target = torch.arange(32) % 4
+    weight = torch.tensor([0.5, 2.0, 1.0, 3.0])
+    focal = FocalLoss(0.0, weight)(logits, target)
+    assert torch.allclose(focal, torch.nn.CrossEntropyLoss(weight=weight)(logits, target))
+
+
+def test_focal_loss_discounts_beats_already_classified_well():
+    target = torch.tensor([0, 0])
+    logits = torch.tensor([[4.0, 0.0], [0.0, 0.0]])  # confident and right; undecided
+    per_beat = [FocalLoss(2.0)(logits[i : i + 1], target[i : i + 1]) for i in range(2)]
+    ce = [torch.nn.CrossEntropyLoss()(logits[i : i + 1], target[i : i + 1]) for i in range(2)]
+    assert per_beat[0] / ce[0] < 0.001 < 0.2 < per_beat[1] / ce[1]
+
+
+def test_focal_training_still_learns():
+    _, _, state = _fit(cfg=dataclasses.replace(CFG, loss="focal"))
+    assert state.best_f1 > 0.95
