@@ -121,9 +121,10 @@ def main() -> None:
             f"  ({r['own_in_sample']:.4f})          {r['pooled_offsets']!s:<20}  {r['own_offsets']}"
         )
     means = {key: statistics.mean(r[key] for r in rows) for key in ("argmax", "pooled", "single")}
+    rounded = [round(float(v), 1) for v in everything]
     print(
         f"mean  {means['argmax']:.4f}   {means['pooled']:.4f}  {means['single']:.4f}"
-        f"   offsets chosen on all of DS1's validation sides: {[round(float(v), 1) for v in everything]}"
+        f"   offsets chosen on all of DS1's validation sides: {rounded}"
     )
     if args.out:
         with args.out.open("a") as f:
