@@ -70,7 +70,8 @@ class SignalConfig:
     """Filtering and resampling, applied to each record before it is cut into pieces."""
 
     leads: tuple[str, ...] = ("MLII",)
-    """Lead names as in the headers (MIT-BIH: MLII, V1; PTB: i ii iii avr avl avf v1-v6)."""
+    """Lead names as in the headers (MIT-BIH: MLII, V1; PTB: i ii iii avr avl avf v1-v6); a
+    lead may list alternatives, ``V1|V2|V4|V5``, the first a record has being read."""
     fs: float = 128.0
     """Target sampling rate in Hz; a beat at 128 Hz is about 90 samples."""
     bandpass_hz: tuple[float, ...] = (0.5, 40.0)
@@ -87,6 +88,11 @@ class SignalConfig:
 
     def __post_init__(self) -> None:
         _check(len(self.leads) >= 1, "leads", "at least one lead name")
+        _check(
+            all(all(part.strip() for part in lead.split("|")) for lead in self.leads),
+            "leads",
+            "lead names, alternatives separated by | (V1|V2), none empty",
+        )
         _check(self.fs > 0, "fs", "a positive sampling rate in Hz")
         _check(
             len(self.bandpass_hz) == 2 and 0 < self.bandpass_hz[0] < self.bandpass_hz[1],

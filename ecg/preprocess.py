@@ -54,6 +54,8 @@ class RecordReport:
     pieces: int = 0
     dropped_at_edges: int = 0
     dropped_at_edges_by_class: dict[str, int] = field(default_factory=dict)
+    leads: list[str] = field(default_factory=list)
+    """The leads read, by their names in the header (which alternative of ``V1|V2`` was there)."""
     lead_issues: list[str] = field(default_factory=list)
     non_beat_annotations: dict[str, int] = field(default_factory=dict)
     unknown_symbols: dict[str, int] = field(default_factory=dict)
@@ -87,6 +89,7 @@ def process_record(job: RecordJob) -> RecordResult:
         raw = wfdb_io.read_signals(path, job.signal.leads)
     except wfdb_io.MissingLead as exc:
         return _dropped(report, str(exc).split(": ", 1)[1])
+    report.leads = list(raw.lead_names)
     x, issues, usable = signal.check_leads(raw.signal, raw.lead_names, job.signal.max_nan_fraction)
     report.lead_issues = [issue.describe() for issue in issues]
     if len(usable) < len(raw.lead_names):
@@ -257,6 +260,7 @@ def _flat_report(report: RecordReport) -> dict:
     row = asdict(report)
     for key in ("dropped_at_edges_by_class", "non_beat_annotations", "unknown_symbols"):
         row[key] = " ".join(f"{k}:{v}" for k, v in sorted(row[key].items()))
+    row["leads"] = " ".join(row["leads"])
     row["lead_issues"] = "; ".join(row["lead_issues"])
     return row
 

@@ -62,6 +62,13 @@ def test_a_noise_band_must_be_low_then_high(tmp_path):
     assert config.augment.noise_band_hz == (0.5, 10.0)
 
 
+def test_an_empty_lead_alternative_is_an_error(tmp_path):
+    path = write_pipeline(tmp_path, "p", GOOD + 'signal:\n  leads: [MLII, "V1|"]\n')
+    with pytest.raises(ConfigError, match=r"p\.yaml: signal\.leads: lead names, alternatives"):
+        load_config(path)
+    assert load_config(path, ["signal.leads=[MLII, V1|V2]"]).signal.leads == ("MLII", "V1|V2")
+
+
 def test_unknown_database_lists_the_supported_ones(tmp_path):
     path = write_pipeline(tmp_path, "p", "download:\n  database: mimic\n")
     with pytest.raises(ConfigError, match=r"download\.database: expected one of 'mitdb', 'ptbdb'"):

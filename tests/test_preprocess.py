@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
+import pytest
 import wfdb
 
 from ecg.cli import main
@@ -103,3 +105,29 @@ def test_a_record_without_the_asked_lead_is_dropped_and_reported(tmp_path, fixtu
     assert records.loc["100", "reason"].startswith("no lead V1")
     assert records.loc["201", "used"] and records.loc["233", "used"]
     assert "dropped 100: no lead V1" in capsys.readouterr().err
+
+
+def test_a_lead_with_alternatives_reads_the_first_the_record_has(tmp_path, fixtures):
+    config = SMOKE.format(source=fixtures / "mitdb").replace("[MLII]", '[MLII, "V1|V5"]')
+    write_pipeline(tmp_path, "two", config)
+    assert (
+        main(["run", "--config", str(tmp_path / "pipelines" / "two.yaml"), "--until", "preprocess"])
+        == 0
+    )
+    out = tmp_path / "data" / "processed" / "two" / "preprocess"
+    records = pd.read_csv(out / "records.csv", dtype={"record": str}).set_index("record")
+    assert records["used"].all()
+    assert records.loc["100", "leads"] == "MLII V5"
+    assert records.loc["201", "leads"] == "MLII V1"
+    assert np.load(out / "windows.npy", mmap_mode="r").shape[2] == 2
+
+
+def test_lead_alternatives_take_the_first_present_and_never_one_channel_twice():
+    from ecg.databases.wfdb_io import MissingLead, lead_indices
+
+    assert lead_indices(["V5", "MLII"], ["MLII", "V1|V2|V5"], "114.hea") == [1, 0]
+    assert lead_indices(["MLII", "V1", "V5"], ["MLII", "V1|V5"], "x") == [0, 1]
+    assert lead_indices(["ii", "v1"], ["II", "V2|v1"], "ptb") == [0, 1]
+    assert lead_indices(["MLII", "V1"], ["MLII|V1", "MLII|V1"], "x") == [0, 1]
+    with pytest.raises(MissingLead, match=re.escape("no lead V2|V4 (it has MLII, V1)")):
+        lead_indices(["MLII", "V1"], ["MLII", "V2|V4"], "100.hea")

@@ -109,17 +109,29 @@ class Signals:
 
 
 def lead_indices(names: Sequence[str], leads: Sequence[str], where: str) -> list[int]:
-    """Channel indices of the named leads; exact names first, then ignoring case (PTB: ``ii``)."""
+    """Channel indices of the named leads; exact names first, then ignoring case (PTB: ``ii``).
+
+    A lead may list alternatives, ``V1|V2|V4|V5``: the first one the record has, and that no
+    earlier lead took, is read. MIT-BIH's second lead is V1 in most records and V2, V4 or V5 in a
+    few that the inter-patient protocol cannot drop; de Chazal et al. (2004) used it as one "lead
+    B" whatever its name.
+    """
     names = list(names)
-    indices = []
+    folded = [n.lower() for n in names]
+    indices: list[int] = []
     for lead in leads:
-        if lead in names:
-            indices.append(names.index(lead))
-            continue
-        folded = [n.lower() for n in names]
-        if lead.lower() not in folded:
+        found = None
+        for wanted in lead.split("|"):
+            for pool, key in ((names, wanted), (folded, wanted.lower())):
+                hits = [i for i, n in enumerate(pool) if n == key and i not in indices]
+                if hits:
+                    found = hits[0]
+                    break
+            if found is not None:
+                break
+        if found is None:
             raise MissingLead(f"{where}: no lead {lead} (it has {', '.join(names)})")
-        indices.append(folded.index(lead.lower()))
+        indices.append(found)
     return indices
 
 
