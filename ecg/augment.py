@@ -2,7 +2,8 @@
 
 Applied to training batches only, in mV before normalisation, with the fit loop's own generator so
 that a run repeats itself. When the input holds a beat-minus-template channel for each lead, both
-channels of a lead get the same perturbation, as they would from a noisy recording.
+channels of a lead get the same perturbation, as they would from a noisy recording; template
+dropout zeroes the second channel first, so a beat passed off as typical still carries the noise.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ def augment(
         return torch.rand(*shape, generator=generator).to(x.device)
 
     y = x.clone()
+    if cfg.template_dropout and paired:
+        typical = draw(batch) < cfg.template_dropout
+        y[typical, :, leads:] = 0.0
     if cfg.scale:
         y = y * (1 + cfg.scale * (2 * draw(batch, 1, 1) - 1))
     extra = torch.zeros(batch, length, leads, device=x.device)

@@ -260,11 +260,17 @@ class AugmentConfig:
     """Amplitude multiplied by a factor drawn from [1 - scale, 1 + scale]."""
     shift_s: float = 0.0
     """A circular time shift of up to this many seconds either way."""
+    template_dropout: float = 0.0
+    """Share of training beats whose beat-minus-template channels are set to zero, as if each were
+    its record's typical beat (needs ``segment.beat_template``). Every DS1 record's typical beat
+    is N, so without it "like the record's median beat" means N, which fails for a patient whose
+    most common beat is not."""
 
     def __post_init__(self) -> None:
-        for key in ("noise_mv", "baseline_mv", "scale", "shift_s"):
+        for key in ("noise_mv", "baseline_mv", "scale", "shift_s", "template_dropout"):
             _check(getattr(self, key) >= 0, key, "zero (off) or a positive amount")
         _check(self.scale < 1, "scale", "a fraction below 1")
+        _check(self.template_dropout < 1, "template_dropout", "a share below 1")
         if self.noise_band_hz is not None:
             _check(
                 len(self.noise_band_hz) == 2 and 0 <= self.noise_band_hz[0] < self.noise_band_hz[1],
@@ -274,7 +280,9 @@ class AugmentConfig:
 
     @property
     def active(self) -> bool:
-        return any((self.noise_mv, self.baseline_mv, self.scale, self.shift_s))
+        return any(
+            (self.noise_mv, self.baseline_mv, self.scale, self.shift_s, self.template_dropout)
+        )
 
 
 @dataclass(frozen=True)
@@ -345,6 +353,11 @@ class PipelineConfig:
             mitdb or self.split.protocol == "kfold",
             "split.protocol",
             "kfold: the de Chazal protocols are defined on MIT-BIH records",
+        )
+        _check(
+            not self.augment.template_dropout or self.segment.beat_template,
+            "augment.template_dropout",
+            "0 unless segment.beat_template is true (there is no template channel to drop)",
         )
 
     @property

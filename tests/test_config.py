@@ -62,6 +62,14 @@ def test_a_noise_band_must_be_low_then_high(tmp_path):
     assert config.augment.noise_band_hz == (0.5, 10.0)
 
 
+def test_template_dropout_needs_a_template(tmp_path):
+    path = write_pipeline(tmp_path, "p", GOOD + "augment:\n  template_dropout: 0.3\n")
+    with pytest.raises(ConfigError, match=r"augment\.template_dropout: 0 unless segment\.beat"):
+        load_config(path)
+    config = load_config(path, ["segment.beat_template=true"])
+    assert config.augment.active and config.augment.template_dropout == 0.3
+
+
 def test_an_empty_lead_alternative_is_an_error(tmp_path):
     path = write_pipeline(tmp_path, "p", GOOD + 'signal:\n  leads: [MLII, "V1|"]\n')
     with pytest.raises(ConfigError, match=r"p\.yaml: signal\.leads: lead names, alternatives"):

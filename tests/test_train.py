@@ -166,6 +166,21 @@ def test_augmentation_perturbs_training_beats_reproducibly():
     torch.testing.assert_close(noisy[..., 0] - paired[..., 0], noisy[..., 1] - paired[..., 1])
 
 
+def test_template_dropout_passes_some_beats_off_as_their_records_typical_beat():
+    from ecg.augment import augment
+    from ecg.config import AugmentConfig
+
+    x = toy_side(2000, 5).x
+    paired = torch.cat([x, x - x.median(dim=0).values + 0.5], dim=2)
+    out = augment(
+        paired, AugmentConfig(template_dropout=0.3), 128.0, torch.Generator().manual_seed(0), True
+    )
+    torch.testing.assert_close(out[..., 0], paired[..., 0])
+    zeroed = (out[..., 1] == 0).all(dim=1)
+    assert 0.25 < zeroed.float().mean() < 0.35
+    torch.testing.assert_close(out[~zeroed, :, 1], paired[~zeroed, :, 1])
+
+
 def test_band_limited_noise_keeps_only_its_band():
     from ecg.augment import band_limited
 
