@@ -2,6 +2,10 @@
 
     ecg run mitdb --until split                 # once, so the dataset is built
     python benchmarks/train_speed.py mitdb --device cpu --repeats 5
+    python benchmarks/train_speed.py mitdb --set model.ensemble=1   # one member alone
+
+``--set`` takes the same overrides as ``ecg run``; one that changes the data (signal, segment,
+split) needs ``ecg run mitdb --until split`` with the same ``--set`` first.
 
 Training: beats/s over whole optimiser steps (forward, backward, Adam) on batches of the training
 side; inference: beats/s of the packaged model (normalisation + BiLSTM + softmax) on batches of
@@ -31,8 +35,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--train-batches", type=int, default=40)
     parser.add_argument("--infer-beats", type=int, default=20480)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
-    config = load_config(find_pipeline(args.pipeline))
+    config = load_config(find_pipeline(args.pipeline), args.overrides)
     engine = engine_for(config)
     device = select_device(args.device)
     if config.train.threads and device.type == "cpu":
@@ -96,8 +101,8 @@ def main() -> None:
         else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     )
     print(
-        f"{args.pipeline}: BiLSTM hidden {mcfg.hidden}, {mcfg.layers} layers, pooling "
-        f"{mcfg.pooling}, {data.n_leads} lead(s) x {train.x.shape[1]} samples, {n_rr} RR "
+        f"{args.pipeline}: {mcfg.ensemble} x BiLSTM hidden {mcfg.hidden}, {mcfg.layers} layers, "
+        f"pooling {mcfg.pooling}, {data.n_leads} lead(s) x {train.x.shape[1]} samples, {n_rr} RR "
         f"features, batch {bs}; device {device} ({torch.get_num_threads()} CPU threads)"
     )
     print(
