@@ -34,6 +34,15 @@ def export(model: LoadedModel, out: Path, formats: list[str]) -> list[Path]:
     unknown = [f for f in formats if f not in ("torchscript", "onnx")]
     if unknown:
         raise EcgError(f"--format {','.join(unknown)}: expected torchscript and/or onnx")
+    if "onnx" in formats:
+        # torch's ONNX exporter needs onnxscript as well as onnx (measured with torch 2.13: with
+        # onnx alone it fails with ModuleNotFoundError deep inside torch.onnx).
+        missing = [p for p in ("onnx", "onnxscript") if importlib.util.find_spec(p) is None]
+        if missing:
+            raise EcgError(
+                f"--format onnx needs the {' and '.join(missing)} package(s): "
+                "pip install onnx onnxscript (or pip install -e '.[onnx]')"
+            )
     out.mkdir(parents=True, exist_ok=True)
     module = packaged(model)
     example = example_input(model)
@@ -48,8 +57,6 @@ def export(model: LoadedModel, out: Path, formats: list[str]) -> list[Path]:
         traced.save(str(path))
         written.append(path)
     if "onnx" in formats:
-        if importlib.util.find_spec("onnx") is None:
-            raise EcgError("--format onnx needs the onnx package (pip install onnx)")
         path = out / "model.onnx"
         torch.onnx.export(
             module,
@@ -57,7 +64,9 @@ def export(model: LoadedModel, out: Path, formats: list[str]) -> list[Path]:
             str(path),
             input_names=["packed"],
             output_names=["probabilities"],
-            dynamic_axes={"packed": {0: "beats"}, "probabilities": {0: "beats"}},
+            dynamic_shapes=({0: torch.export.Dim("beats")},),
+            external_data=False,  # one file: the weights are small, and a lone .onnx is whole
+            verbose=False,
         )
         written.append(path)
     spec_path = out / "spec.json"

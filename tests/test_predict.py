@@ -17,6 +17,7 @@ import torch
 import wfdb
 
 from ecg.cli import main
+from ecg.errors import EcgError
 from ecg.export import example_input, export, packaged
 from ecg.predict import load_model
 
@@ -152,6 +153,33 @@ def test_torchscript_export_gives_the_same_outputs(model_path, tmp_path):
         torch.testing.assert_close(scripted(x), packaged(model)(x), rtol=1e-5, atol=1e-6)
     spec = json.loads((tmp_path / "spec.json").read_text())
     assert spec["classes"] == ["N", "S", "V", "F"] and spec["signal"]["fs"] == 128.0
+
+
+def test_onnx_export_gives_the_same_outputs_in_one_file(model_path, tmp_path):
+    pytest.importorskip("onnxscript")
+    ort = pytest.importorskip("onnxruntime")
+    model = load_model(str(model_path))
+    written = export(model, tmp_path, ["onnx"])
+    assert [p.name for p in written] == ["model.onnx", "spec.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "spec.json"]
+    session = ort.InferenceSession(str(written[0]))
+    x = example_input(model, batch=16)  # another batch size than the export's example
+    (got,) = session.run(None, {"packed": x.numpy()})
+    with torch.no_grad():
+        np.testing.assert_allclose(got, packaged(model)(x).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_onnx_export_without_its_packages_says_what_to_install(model_path, tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    absent = ("onnx", "onnxscript")
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name in absent else real(name)
+    )
+    with pytest.raises(EcgError, match=r"needs the onnx and onnxscript package\(s\): pip install"):
+        export(load_model(str(model_path)), tmp_path / "out", ["onnx"])
+    assert not (tmp_path / "out").exists()
 
 
 # ------------------------------------------------------------------ bad input, one clear error
