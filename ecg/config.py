@@ -162,10 +162,10 @@ class SplitConfig:
     the same subject as 201 in DS1; kfold: stratified k-fold grouped by patient."""
     folds: int = 5
     val_fraction: float = 0.2
+    """Share of the training patients held out for validation (model selection)."""
     exclude_records: tuple[str, ...] = ()
     """Records kept out of every side (e.g. 118 and 119 for the noise stress test, which reuses
     them)."""
-    """Share of the training patients held out for validation (model selection)."""
     seed: int = 0
 
     def __post_init__(self) -> None:
