@@ -1,10 +1,14 @@
 """Per-class decision offsets: how much to favour a class before taking the arg-max.
 
 A network trained on a few dozen patients can rank the beats of a rare class well and still put
-few of them above the other classes' probabilities (on DS2 the default model's S ROC-AUC is
-0.97 while its S sensitivity is 0.29). Adding an offset to each class's log-probability moves the
-decision without retraining. The offsets are chosen on validation patients only, like every
-other choice; chosen on the test patients they would be worth nothing.
+few of them above the other classes' probabilities (on DS2 the default models' S ROC-AUC is about
+0.96 while their S sensitivity is 0.2-0.3). Adding an offset to each class's log-probability
+moves the decision without retraining. Offsets are chosen on validation patients only; chosen on
+the test patients they would be worth nothing.
+
+Measured with ``benchmarks/decision_offsets.py`` (``benchmarks/quality.md``): offsets chosen on
+some DS1 patients lower macro-F1 on the others, so the pipeline keeps the plain arg-max and this
+module is the measuring tool.
 
 Written here rather than taken from scikit-learn: its ``TunedThresholdClassifierCV`` tunes one
 threshold of a binary problem, and a multi-class macro-F1 needs one offset per class, searched
