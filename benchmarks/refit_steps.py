@@ -1,0 +1,188 @@
+"""Early stopping on one validation side, or a step count chosen on pooled folds and a refit?
+
+    python benchmarks/refit_steps.py mitdb --outer 0 1 2 3 4 --steps 10
+
+The default keeps the step at which one validation side of four to six DS1 patients scored best,
+and trains on the other patients only. The alternative measured here chooses the number of
+training steps on the mean validation curve of several sides, then trains on all the patients
+for that many steps. Both are scored on patients neither of them saw, one level down (nested):
+
+for each outer split k (split seed k; its validation side V_k plays the test patients):
+- inner runs, one per other split j: train on DS1 minus V_k and V_j for ``--steps`` steps of
+  ``train.samples_per_epoch`` beats, validating on V_j after each step;
+- early stopping: each inner run's best step on V_j, scored on V_k (the default recipe);
+- refit: the step count where the mean of the inner curves peaks, trained on DS1 minus V_k, its
+  last weights scored on V_k.
+
+One model per run (no ensemble), the learning rate held constant in both arms (the default lowers
+it when validation stalls, which a refit without a validation side cannot do). DS2 is never read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ecg.config import find_pipeline, load_config, to_dict
+from ecg.dataset import Side, load_fold
+from ecg.decision import decide, macro_f1
+from ecg.model import build_model
+from ecg.preprocess import load_pieces
+from ecg.split import build_split
+from ecg.train import fit, fit_normalizer, predict_proba, seed_everything
+
+
+def sides_of(index: pd.DataFrame, config, seeds: list[int]) -> tuple[np.ndarray, dict]:
+    """DS1's rows, and each split seed's validation rows."""
+    val = {}
+    for seed in seeds:
+        split = build_split(index, dataclasses.replace(config.split, seed=seed))["split_0"]
+        ds1 = split.isin(["train", "val"]).to_numpy()
+        val[seed] = (split == "val").to_numpy()
+    return ds1, val
+
+
+def load_sides(config, preprocess: Path, folder: Path, train, val, test):
+    """Tensors of three row masks, through the pipeline's own loader."""
+    side = np.full(len(train), "excluded", dtype=object)
+    side[train], side[val], side[test] = "train", "val", "test"
+    folder.mkdir()
+    pd.DataFrame({"split_0": side}).to_parquet(folder / "split.parquet", index=False)
+    mcfg = config.model
+    return load_fold(
+        preprocess,
+        folder,
+        config.split.protocol,
+        0,
+        classes=config.train.classes,
+        rr_names=mcfg.rr_features if mcfg.use_rr else None,
+    )
+
+
+def train_once(config, data, steps: int, keep_step: int | None = None):
+    """One model; the weights of its best validation step, or of step ``keep_step``."""
+    seed_everything(config.train.seed)
+    sides = data.sides
+    single = {**to_dict(config.model), "ensemble": 1}
+    model = build_model(data.n_leads, len(data.classes), len(data.rr_names), single)
+    normalizer = fit_normalizer(sides["train"], config.model.input_norm == "window")
+    cfg = dataclasses.replace(config.train, epochs=steps, patience=steps + 1, lr_patience=10**6)
+    kept = {}
+
+    def on_epoch(entry) -> None:
+        if entry.epoch == keep_step:
+            kept.update({k: v.detach().clone() for k, v in model.state_dict().items()})
+
+    state = fit(
+        model,
+        normalizer,
+        sides["train"],
+        sides["val"],
+        data.classes,
+        cfg,
+        torch.device("cpu"),
+        progress=False,
+        on_epoch=on_epoch,
+        fs=config.signal.fs,
+        paired=config.segment.beat_template,
+    )
+    if keep_step is not None:
+        model.load_state_dict(kept)
+    test = sides["test"]
+    score = macro_f1(
+        test.y.numpy(),
+        decide(predict_proba(model, normalizer, test, torch.device("cpu"))),
+        data.classes,
+    )
+    curve = [entry["val_macro_f1"] for entry in state.history]
+    return score, curve, state.best_epoch
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("pipeline", nargs="?", default="mitdb")
+    parser.add_argument("--outer", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--folds", type=int, default=5, help="split seeds that make up DS1")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--out", type=Path, help="append the result as one JSON line")
+    args = parser.parse_args()
+    config = load_config(find_pipeline(args.pipeline))
+    torch.set_num_threads(config.train.threads or 2)
+    preprocess = config.data_path / "processed" / config.name / "preprocess"
+    _, index, _ = load_pieces(preprocess)
+    seeds = list(range(args.folds))
+    ds1, val = sides_of(index, config, seeds)
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for k in args.outer:
+            early, curves = [], []
+            for j in (s for s in seeds if s != k):
+                data = load_sides(
+                    config,
+                    preprocess,
+                    Path(scratch) / f"{k}_{j}",
+                    ds1 & ~val[k] & ~val[j],
+                    val[j],
+                    val[k],
+                )
+                score, curve, best = train_once(config, data, args.steps)
+                early.append(score)
+                curves.append(curve)
+                print(f"outer {k}, inner {j}: best step {best}, scored on {k}: {score:.4f}")
+            mean_curve = np.mean(curves, axis=0)
+            n_star = int(np.argmax(mean_curve)) + 1
+            # The refit has no validation side; fit() still wants one, so it gets every 20th of
+            # its own training beats, which changes nothing: the learning rate is constant and
+            # the weights of step n_star are kept whatever that slice says.
+            nobody = np.zeros_like(ds1)
+            data = load_sides(
+                config, preprocess, Path(scratch) / f"{k}_refit", ds1 & ~val[k], nobody, val[k]
+            )
+            data.sides["val"] = _every(data.sides["train"], 20)
+            refit, _, _ = train_once(config, data, n_star, keep_step=n_star)
+            row = {
+                "outer": k,
+                "early_stopping": statistics.mean(early),
+                "early_each": [round(s, 4) for s in early],
+                "refit": refit,
+                "refit_steps": n_star,
+                "mean_curve": [round(float(v), 4) for v in mean_curve],
+            }
+            rows.append(row)
+            print(
+                f"outer {k}: early stopping {row['early_stopping']:.4f} (mean of {len(early)}), "
+                f"refit {refit:.4f} after {n_star} steps"
+            )
+    early_mean = statistics.mean(r["early_stopping"] for r in rows)
+    refit_mean = statistics.mean(r["refit"] for r in rows)
+    print("outer  early stopping  refit  steps")
+    for r in rows:
+        print(
+            f"{r['outer']:>5}  {r['early_stopping']:.4f}          {r['refit']:.4f}"
+            f" {r['refit_steps']:>5}"
+        )
+    print(f" mean  {early_mean:.4f}          {refit_mean:.4f}")
+    if args.out:
+        with args.out.open("a") as f:
+            f.write(json.dumps({"steps": args.steps, "rows": rows}) + "\n")
+
+
+def _every(side: Side, step: int) -> Side:
+    return Side(
+        side.x[::step],
+        None if side.rr is None else side.rr[::step],
+        side.y[::step],
+        side.rows[::step],
+    )
+
+
+if __name__ == "__main__":
+    main()
