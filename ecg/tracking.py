@@ -9,6 +9,7 @@ file store refuses to run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -20,6 +21,8 @@ import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from ecg.errors import EcgError
 
 log = logging.getLogger("ecg")
 
@@ -45,6 +48,28 @@ def _artifact_location(uri: str, experiment: str) -> str | None:
     return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts" / folder).as_uri()
 
 
+def _create_store_whole(path: Path) -> None:
+    """A new SQLite store is built under a temporary name and put in place whole.
+
+    MLflow creates its schema through dozens of migrations that take seconds on a first run;
+    killed among them (Ctrl-C), it left a database that every later run refused with a
+    traceback (caught by tests/test_interrupt.py). A hard link puts the finished file in place
+    only if no other process did so first.
+    """
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        _mlflow().MlflowClient(tracking_uri=f"sqlite:///{temporary}").search_experiments(
+            max_results=1
+        )
+        with contextlib.suppress(FileExistsError):  # another process made it meanwhile: theirs
+            os.link(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
 class Tracker:
     def __init__(self, uri: str, experiment: str | None):
         mlflow = _mlflow()
@@ -53,14 +78,21 @@ class Tracker:
         logging.getLogger("mlflow").setLevel(logging.WARNING)
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         if uri.startswith("sqlite:///"):
-            Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            _create_store_whole(Path(uri.removeprefix("sqlite:///")))
         self.uri = uri
-        self.client = mlflow.MlflowClient(tracking_uri=uri)
         self.experiment = experiment
+        try:
+            self.client = mlflow.MlflowClient(tracking_uri=uri)
+            found = self.client.get_experiment_by_name(experiment or "Default")
+        except Exception as exc:  # sqlalchemy, sqlite3 and MLflow each raise their own kind
+            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else repr(exc)
+            raise EcgError(
+                f"{uri}: cannot open the MLflow store ({reason}); if it is a local file that an "
+                "interrupted run left half-made, move it away and run again"
+            ) from None
         if experiment is None:  # only reading runs and models by id
             self.experiment_id = None
             return
-        found = self.client.get_experiment_by_name(experiment)
         self.experiment_id = (
             found.experiment_id
             if found
@@ -223,8 +255,6 @@ class Tracker:
 
     def run_of_model(self, uri: str) -> str:
         """The run a model URI comes from: models:/NAME/VERSION, models:/MODEL_ID, runs:/ID/..."""
-        from ecg.errors import EcgError
-
         try:
             if uri.startswith("runs:/"):
                 return uri.removeprefix("runs:/").split("/")[0]

@@ -151,3 +151,22 @@ def test_artifacts_of_a_local_store_live_beside_it_not_in_the_working_folder(tmp
     tracker.log_artifact(run_id, note)
     assert (tmp_path / "data" / "mlartifacts" / "my_experiment").is_dir()
     assert list(cwd.iterdir()) == []
+
+
+def test_a_new_local_store_appears_whole_and_leaves_no_temporary_file(tmp_path):
+    path = tmp_path / "data" / "mlflow.db"
+    tracker = Tracker(f"sqlite:///{path}", "whole")
+    run = tracker.start("r", {})
+    tracker.finish(run)
+    assert path.is_file()
+    assert sorted(p.name for p in path.parent.iterdir() if p.name.startswith(".")) == []
+    assert Tracker(f"sqlite:///{path}", "whole").run(run).info.status == "FINISHED"
+
+
+def test_a_damaged_local_store_is_named_with_what_to_do(tmp_path):
+    from ecg.errors import EcgError
+
+    path = tmp_path / "mlflow.db"
+    path.write_bytes(b"half a database, as a killed first run would leave " * 100)
+    with pytest.raises(EcgError, match=r"mlflow\.db: cannot open the MLflow store .*move it away"):
+        Tracker(f"sqlite:///{path}", "anything")
