@@ -20,7 +20,7 @@ import torch
 
 from ecg.config import SegmentConfig, SignalConfig, build
 from ecg.databases import wfdb_io
-from ecg.errors import EcgError
+from ecg.errors import EcgError, first_line
 from ecg.labels import AAMI_EC57
 from ecg.preprocess import cut_beats, cut_windows, filtered
 from ecg.signal import check_leads, rescale_samples
@@ -78,8 +78,7 @@ def _load_checkpoint(path: Path) -> LoadedModel:
     except FileNotFoundError:
         raise EcgError(f"{path}: no such model file") from None
     except Exception as exc:  # torch raises many kinds on foreign or damaged files
-        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
-        raise EcgError(f"{path}: not an ecg model checkpoint ({reason})") from None
+        raise EcgError(f"{path}: not an ecg model checkpoint ({first_line(exc, 160)})") from None
     return LoadedModel(classifier, normalizer, spec)
 
 

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ecg.errors import EcgError
+from ecg.errors import EcgError, first_line
 
 log = logging.getLogger("ecg")
 
@@ -85,10 +85,9 @@ class Tracker:
             self.client = mlflow.MlflowClient(tracking_uri=uri)
             found = self.client.get_experiment_by_name(experiment or "Default")
         except Exception as exc:  # sqlalchemy, sqlite3 and MLflow each raise their own kind
-            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else repr(exc)
             raise EcgError(
-                f"{uri}: cannot open the MLflow store ({reason}); if it is a local file that an "
-                "interrupted run left half-made, move it away and run again"
+                f"{uri}: cannot open the MLflow store ({first_line(exc)}); if it is a local file "
+                "that an interrupted run left half-made, move it away and run again"
             ) from None
         if experiment is None:  # only reading runs and models by id
             self.experiment_id = None

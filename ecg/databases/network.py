@@ -18,7 +18,7 @@ from pathlib import Path
 import requests
 
 from ecg import __version__
-from ecg.errors import EcgError, SourceUnreachable
+from ecg.errors import EcgError, SourceUnreachable, first_line
 
 _CHUNK = 1 << 14
 _RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
@@ -153,4 +153,4 @@ def _reason(exc: Exception) -> str:
     ):
         if marker in text:
             return marker.lower() if marker == "timed out" else marker
-    return text.splitlines()[0][:200] if text else type(exc).__name__
+    return first_line(exc)
