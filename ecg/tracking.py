@@ -42,10 +42,16 @@ def _artifact_location(uri: str, experiment: str) -> str | None:
     in, which scatters models over the user's disk (and put the test suite's artifacts into the
     working tree). A server decides for itself.
     """
-    if not uri.startswith("sqlite:///"):
+    path = _sqlite_path(uri)
+    if path is None:
         return None
     folder = re.sub(r"[^A-Za-z0-9._-]", "_", experiment)
-    return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts" / folder).as_uri()
+    return (path.parent / "mlartifacts" / folder).as_uri()
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    """The database file of a local SQLite store; None for a server."""
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
 
 
 def _create_store_whole(path: Path) -> None:
@@ -77,13 +83,13 @@ class Tracker:
         # pipeline's output; a user who wants the bars can set the variable.
         logging.getLogger("mlflow").setLevel(logging.WARNING)
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        if uri.startswith("sqlite:///"):
-            _create_store_whole(Path(uri.removeprefix("sqlite:///")))
+        if (path := _sqlite_path(uri)) is not None:
+            _create_store_whole(path)
         self.uri = uri
         self.experiment = experiment
-        try:
+        try:  # a SQLite store is opened (and checked) when the client is made
             self.client = mlflow.MlflowClient(tracking_uri=uri)
-            found = self.client.get_experiment_by_name(experiment or "Default")
+            found = self.client.get_experiment_by_name(experiment) if experiment else None
         except Exception as exc:  # sqlalchemy, sqlite3 and MLflow each raise their own kind
             raise EcgError(
                 f"{uri}: cannot open the MLflow store ({first_line(exc)}); if it is a local file "
