@@ -120,15 +120,15 @@ def lead_indices(names: Sequence[str], leads: Sequence[str], where: str) -> list
     folded = [n.lower() for n in names]
     indices: list[int] = []
     for lead in leads:
-        found = None
-        for wanted in lead.split("|"):
-            for pool, key in ((names, wanted), (folded, wanted.lower())):
-                hits = [i for i, n in enumerate(pool) if n == key and i not in indices]
-                if hits:
-                    found = hits[0]
-                    break
-            if found is not None:
-                break
+        # alternatives in their order; each by its exact name, then ignoring case
+        candidates = (
+            i
+            for wanted in lead.split("|")
+            for pool, key in ((names, wanted), (folded, wanted.lower()))
+            for i, name in enumerate(pool)
+            if name == key and i not in indices
+        )
+        found = next(candidates, None)
         if found is None:
             raise MissingLead(f"{where}: no lead {lead} (it has {', '.join(names)})")
         indices.append(found)
