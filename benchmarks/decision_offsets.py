@@ -32,20 +32,21 @@ import torch
 from ecg.config import find_pipeline, load_config
 from ecg.dataset import load_fold
 from ecg.decision import choose_offsets, decide, macro_f1
+from ecg.pipeline import engine_for
 from ecg.preprocess import load_pieces
 from ecg.split import build_split
 from ecg.tracking import Tracker
 from ecg.train import load_classifier, predict_proba
 
 
-def validation_of(config, run_id: str, seed: int, tracker: Tracker, scratch: Path) -> dict:
+def validation_of(
+    config, preprocess: Path, index, run_id: str, seed: int, tracker: Tracker, scratch: Path
+) -> dict:
     folder = scratch / run_id
     folder.mkdir()
     model, normalizer, spec = load_classifier(
         tracker.download(run_id, "checkpoint/model.pt", folder)
     )
-    preprocess = config.data_path / "processed" / config.name / "preprocess"
-    _, index, _ = load_pieces(preprocess)
     split_cfg = dataclasses.replace(config.split, seed=seed)
     build_split(index, split_cfg).to_parquet(folder / "split.parquet", index=False)
     data = load_fold(
@@ -79,9 +80,11 @@ def main() -> None:
     config = load_config(find_pipeline(args.pipeline))
     tracker = Tracker(config.tracking_uri, config.experiment)
     torch.set_num_threads(2)
+    preprocess = engine_for(config).out_dir("preprocess")
+    _, index, _ = load_pieces(preprocess)
     with tempfile.TemporaryDirectory() as scratch:
         folds = [
-            validation_of(config, run_id, seed, tracker, Path(scratch))
+            validation_of(config, preprocess, index, run_id, seed, tracker, Path(scratch))
             for seed, run_id in enumerate(args.runs)
         ]
     classes = folds[0]["classes"]

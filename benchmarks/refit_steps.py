@@ -35,19 +35,20 @@ from ecg.config import find_pipeline, load_config, to_dict
 from ecg.dataset import Side, load_fold
 from ecg.decision import decide, macro_f1
 from ecg.model import build_model
+from ecg.pipeline import engine_for
 from ecg.preprocess import load_pieces
 from ecg.split import build_split
 from ecg.train import fit, fit_normalizer, predict_proba, seed_everything
 
 
 def sides_of(index: pd.DataFrame, config, seeds: list[int]) -> tuple[np.ndarray, dict]:
-    """DS1's rows, and each split seed's validation rows."""
-    val = {}
-    for seed in seeds:
-        split = build_split(index, dataclasses.replace(config.split, seed=seed))["split_0"]
-        ds1 = split.isin(["train", "val"]).to_numpy()
-        val[seed] = (split == "val").to_numpy()
-    return ds1, val
+    """DS1's rows (the same under every seed), and each split seed's validation rows."""
+    splits = {
+        seed: build_split(index, dataclasses.replace(config.split, seed=seed))["split_0"]
+        for seed in seeds
+    }
+    ds1 = splits[seeds[0]].isin(["train", "val"]).to_numpy()
+    return ds1, {seed: (split == "val").to_numpy() for seed, split in splits.items()}
 
 
 def load_sides(config, preprocess: Path, folder: Path, train, val, test):
@@ -116,7 +117,7 @@ def main() -> None:
     args = parser.parse_args()
     config = load_config(find_pipeline(args.pipeline))
     torch.set_num_threads(config.train.threads or 2)
-    preprocess = config.data_path / "processed" / config.name / "preprocess"
+    preprocess = engine_for(config).out_dir("preprocess")
     _, index, _ = load_pieces(preprocess)
     seeds = list(range(args.folds))
     ds1, val = sides_of(index, config, seeds)
