@@ -162,7 +162,9 @@ class SplitConfig:
     the same subject as 201 in DS1; kfold: stratified k-fold grouped by patient."""
     folds: int = 5
     val_fraction: float = 0.2
-    """Share of the training patients held out for validation (model selection)."""
+    """Share of the training patients held out for validation (early stopping, model selection).
+    0: none; every training patient trains, for a fixed ``train.epochs`` at a constant learning
+    rate, the last weights kept (choose that count on validation curves beforehand)."""
     exclude_records: tuple[str, ...] = ()
     """Records kept out of every side (e.g. 118 and 119 for the noise stress test, which reuses
     them)."""
@@ -170,7 +172,7 @@ class SplitConfig:
 
     def __post_init__(self) -> None:
         _check(self.folds >= 2, "folds", "two or more folds")
-        _check(0 < self.val_fraction < 1, "val_fraction", "a fraction in (0, 1)")
+        _check(0 <= self.val_fraction < 1, "val_fraction", "a fraction in [0, 1)")
 
 
 @dataclass(frozen=True)

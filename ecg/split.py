@@ -11,7 +11,8 @@ a split is built or loaded.
 - ``dechazal-strict``: the same without record 202, so no patient is on both sides.
 - ``kfold``: stratified k-fold grouped by patient (PTB); each patient is tested in one fold.
 
-Validation patients (for early stopping and model selection) always come from the training side.
+Validation patients (for early stopping and model selection) always come from the training side;
+with ``val_fraction: 0`` there are none and every training patient trains.
 """
 
 from __future__ import annotations
@@ -50,7 +51,10 @@ class LeakError(EcgError):
 def validation_patients(
     labels: np.ndarray, patients: np.ndarray, val_fraction: float, seed: int
 ) -> set[str]:
-    """Hold out about ``val_fraction`` of the patients, stratified by class where possible."""
+    """Hold out about ``val_fraction`` of the patients, stratified by class where possible;
+    none when it is 0."""
+    if val_fraction == 0:
+        return set()
     unique = np.unique(patients)
     n_splits = max(2, round(1 / val_fraction))
     if len(unique) < n_splits:

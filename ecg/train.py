@@ -1,14 +1,20 @@
 """The fit loop: plain PyTorch, readable top to bottom.
 
 Early stopping and learning-rate decay look only at the validation patients (drawn from the
-training side); the test side is never loaded here. A checkpoint is written after every epoch, so
-a killed run continues from its last completed epoch with ``--resume``. Under ``torchrun`` the
-same loop runs as DistributedDataParallel: each process takes its share of every epoch's batches.
+training side); the test side is never loaded here. Without validation patients
+(``split.val_fraction: 0``) every training patient trains, for the fixed ``train.epochs`` at a
+constant learning rate, and the last weights are kept: the step count is then chosen beforehand,
+on DS1's pooled validation curves (``benchmarks/refit_steps.py``).
+
+A checkpoint is written after every epoch, so a killed run continues from its last completed
+epoch with ``--resume``. Under ``torchrun`` the same loop runs as DistributedDataParallel: each
+process takes its share of every epoch's batches.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -29,8 +35,8 @@ from tqdm import tqdm
 
 from ecg import __version__
 from ecg.augment import augment
-from ecg.config import AugmentConfig, TrainConfig, flatten, to_dict
-from ecg.dataset import Side, load_fold
+from ecg.config import AugmentConfig, PipelineConfig, TrainConfig, flatten, to_dict
+from ecg.dataset import FoldData, Side, load_fold
 from ecg.digests import sha256_file
 from ecg.engine import StageContext
 from ecg.errors import EcgError
@@ -167,7 +173,7 @@ def fit(
     model: BiLSTMClassifier,
     normalizer: Normalizer,
     train: Side,
-    val: Side,
+    val: Side | None,
     classes: list[str],
     cfg: TrainConfig,
     device: torch.device,
@@ -179,7 +185,8 @@ def fit(
     fs: float = 128.0,
     paired: bool = False,
 ) -> FitState:
-    """Train ``model`` and return the state holding the weights of its best validation epoch."""
+    """Train ``model`` and return the state holding the weights of its best validation epoch;
+    with no ``val``, train all ``cfg.epochs`` at a constant learning rate and keep the last."""
     rank, world = distributed()
     model.to(device)
     normalizer.to(device)
@@ -205,7 +212,7 @@ def fit(
     if on_device:  # the whole side fits in device memory: one copy, no per-batch transfers
         x_all, y_all = x_all.to(device), y_all.to(device)
         rr_all = None if rr_all is None else rr_all.to(device)
-    while state.epoch < cfg.epochs and state.bad_epochs < cfg.patience:
+    while state.epoch < cfg.epochs and (val is None or state.bad_epochs < cfg.patience):
         epoch = state.epoch + 1
         started = time.perf_counter()
         net.train()
@@ -241,51 +248,41 @@ def fit(
             bar.set_postfix(loss=f"{total_loss / seen:.4f}", refresh=False)
         bar.close()
         train_seconds = time.perf_counter() - started
-        proba = predict_proba(model, normalizer, val, device)
-        y_val = val.y.numpy()
-        val_pred = proba.argmax(axis=1) if len(proba) else np.zeros(0, dtype=np.int64)
-        scores = from_confusion(confusion(y_val, val_pred, len(classes)), classes)
-        val_loss = (
-            float(
-                nn.functional.nll_loss(
-                    torch.log(torch.from_numpy(proba).clamp_min(1e-12)), val.y
-                ).item()
-            )
-            if len(proba)
-            else float("nan")
-        )
+        scores = validation_scores(model, normalizer, val, classes, device)
         entry = EpochLog(
             epoch=epoch,
             train_loss=total_loss / max(seen, 1),
-            val_loss=val_loss,
-            val_accuracy=scores["accuracy"],
-            val_macro_precision=scores["macro_precision"],
-            val_macro_recall=scores["macro_recall"],
-            val_macro_f1=scores["macro_f1"],
+            **scores,
             lr=optimizer.param_groups[0]["lr"],
             epoch_seconds=time.perf_counter() - started,
             train_beats_per_s=seen * world / max(train_seconds, 1e-9),
         )
-        f1 = 0.0 if math.isnan(entry.val_macro_f1) else entry.val_macro_f1
-        scheduler.step(f1)
         state.epoch = epoch
         state.history.append(vars(entry))
-        if f1 > state.best_f1:
-            state.best_f1, state.best_epoch, state.bad_epochs = f1, epoch, 0
-            state.best_weights = {
-                k: v.detach().cpu().clone() for k, v in model.state_dict().items()
-            }
+        if val is None:  # nothing to select on: the last epoch is the one kept
+            state.best_f1, state.best_epoch = float("nan"), epoch
         else:
-            state.bad_epochs += 1
+            f1 = 0.0 if math.isnan(entry.val_macro_f1) else entry.val_macro_f1
+            scheduler.step(f1)
+            if f1 > state.best_f1:
+                state.best_f1, state.best_epoch, state.bad_epochs = f1, epoch, 0
+                state.best_weights = {
+                    k: v.detach().cpu().clone() for k, v in model.state_dict().items()
+                }
+            else:
+                state.bad_epochs += 1
         if rank == 0:
+            validated = (
+                ""
+                if val is None
+                else f", val loss {entry.val_loss:.4f}, val macro-F1 {entry.val_macro_f1:.4f}"
+                + ("  best" if state.best_epoch == epoch else "")
+            )
             log.info(
-                "epoch %d: train loss %.4f, val loss %.4f, val macro-F1 %.4f%s (%.0f s, "
-                "%.0f beats/s)",
+                "epoch %d: train loss %.4f%s (%.0f s, %.0f beats/s)",
                 epoch,
                 entry.train_loss,
-                entry.val_loss,
-                entry.val_macro_f1,
-                "  best" if state.best_epoch == epoch else "",
+                validated,
                 entry.epoch_seconds,
                 entry.train_beats_per_s,
             )
@@ -293,7 +290,7 @@ def fit(
                 _save_checkpoint(checkpoint, model, optimizer, scheduler, generator, state)
             if on_epoch:
                 on_epoch(entry)
-    if state.bad_epochs >= cfg.patience and rank == 0:
+    if val is not None and state.bad_epochs >= cfg.patience and rank == 0:
         log.info(
             "train: stopped early after epoch %d; kept epoch %d (val macro-F1 %.4f)",
             state.epoch,
@@ -303,6 +300,25 @@ def fit(
     if state.best_weights is not None:
         model.load_state_dict(state.best_weights)
     return state
+
+
+def validation_scores(
+    model: nn.Module,
+    normalizer: Normalizer,
+    val: Side | None,
+    classes: list[str],
+    device: torch.device,
+) -> dict[str, float]:
+    """The ``val_*`` fields of an epoch's log; NaN where there are no validation pieces."""
+    names = ("loss", "accuracy", "macro_precision", "macro_recall", "macro_f1")
+    if val is None or len(val) == 0:
+        return {f"val_{name}": float("nan") for name in names}
+    proba = predict_proba(model, normalizer, val, device)
+    scores = from_confusion(confusion(val.y.numpy(), proba.argmax(axis=1), len(classes)), classes)
+    scores["loss"] = float(
+        nn.functional.nll_loss(torch.log(torch.from_numpy(proba).clamp_min(1e-12)), val.y).item()
+    )
+    return {f"val_{name}": scores[name] for name in names}
 
 
 def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -434,20 +450,21 @@ def _train_fold(ctx, fold, folds, device, tracker, run_id, parent) -> str:
         sides=("train", "val"),
     )
     train, val = data.sides["train"], data.sides["val"]
-    if len(train) == 0 or len(val) == 0:
+    validated = config.split.val_fraction > 0
+    if len(train) == 0 or (validated and len(val) == 0):
         raise EcgError(
             f"fold {fold}: {len(train)} training and {len(val)} validation pieces; "
             "both sides need some"
         )
     n_rr = len(data.rr_names)
-    single = {**to_dict(mcfg), "ensemble": 1}
-    normalizer = fit_normalizer(train, mcfg.input_norm == "window")
     where = f" (fold {fold + 1}/{folds})" if folds > 1 else ""
     log.info(
-        "train%s: %s training and %s validation pieces, classes %s, on %s",
+        "train%s: %s training and %s, classes %s, on %s",
         where,
         f"{len(train):,}",
-        f"{len(val):,}",
+        f"{len(val):,} validation pieces"
+        if validated
+        else f"no validation pieces ({cfg.epochs} epochs at a constant rate, the last kept)",
         "/".join(data.classes),
         device,
     )
@@ -461,44 +478,29 @@ def _train_fold(ctx, fold, folds, device, tracker, run_id, parent) -> str:
             "training",
         )
 
-    members, states = [], []
-    for member in range(mcfg.ensemble):
-        prefix = f"member_{member}_" if member else ""
+    def on_epoch(member: int, entry: EpochLog) -> None:
+        if tracker:
+            prefix = f"member_{member}_" if member else ""
+            values = {
+                f"{prefix}{k}": v
+                for k, v in vars(entry).items()
+                if k != "epoch" and not (isinstance(v, float) and math.isnan(v))
+            }
+            tracker.log_metrics(run_id, values, step=entry.epoch)
 
-        def on_epoch(entry: EpochLog, prefix=prefix) -> None:
-            if tracker:
-                values = {f"{prefix}{k}": v for k, v in vars(entry).items() if k != "epoch"}
-                tracker.log_metrics(run_id, values, step=entry.epoch)
-
-        if mcfg.ensemble > 1:
-            log.info("train%s: ensemble member %d of %d", where, member + 1, mcfg.ensemble)
-        seed_everything(cfg.seed + fold + 1000 * member)
-        model = build_model(data.n_leads, len(data.classes), n_rr, single)
-        member_cfg = dataclasses.replace(cfg, seed=cfg.seed + 1000 * member)
-        checkpoint = (
-            ctx.scratch / f"fold_{fold}" / (f"member_{member}" if member else "") / "last.pt"
-        )
-        states.append(
-            fit(
-                model,
-                normalizer,
-                train,
-                val,
-                data.classes,
-                member_cfg,
-                device,
-                checkpoint=checkpoint,
-                resume=bool(ctx.options.get("resume")),
-                on_epoch=on_epoch,
-                augmentation=config.augment if config.augment.active else None,
-                fs=config.signal.fs,
-                paired=config.segment.beat_template,
-            )
-        )
-        members.append(model.cpu())
+    model, normalizer, states = train_members(
+        config,
+        data,
+        val if validated else None,
+        device,
+        fold=fold,
+        scratch=ctx.scratch / f"fold_{fold}",
+        resume=bool(ctx.options.get("resume")),
+        on_epoch=on_epoch,
+        where=where,
+    )
     state = states[0]
-    model = Ensemble(members) if len(members) > 1 else members[0]
-    if len(members) > 1:
+    if len(states) > 1 and validated:
         proba = predict_proba(model, normalizer.cpu(), val, torch.device("cpu"))
         scores = from_confusion(
             confusion(val.y.numpy(), proba.argmax(axis=1), len(data.classes)), data.classes
@@ -507,12 +509,10 @@ def _train_fold(ctx, fold, folds, device, tracker, run_id, parent) -> str:
         log.info(
             "train%s: ensemble of %d, validation macro-F1 %.4f (members: %s)",
             where,
-            len(members),
+            len(states),
             state.best_f1,
             ", ".join(f"{s.best_f1:.4f}" for s in states),
         )
-    model.cpu()
-    normalizer.cpu()
     out = ctx.out / f"fold_{fold}"
     out.mkdir()
     spec = model_spec(config, data, n_rr)
@@ -540,9 +540,10 @@ def _train_fold(ctx, fold, folds, device, tracker, run_id, parent) -> str:
         curves.append((out / "history.csv", fold_name[0]))
     if not tracker:
         return ""
-    tracker.log_metrics(
-        run_id, {"best_epoch": state.best_epoch, "best_val_macro_f1": state.best_f1}
-    )
+    kept = {"best_epoch": state.best_epoch}
+    if validated:
+        kept["best_val_macro_f1"] = state.best_f1
+    tracker.log_metrics(run_id, kept)
     packaged = PackagedClassifier(model, normalizer, data.n_leads, n_rr).eval()
     example = pack(train.x[:4], None if train.rr is None else train.rr[:4]).numpy()
     started = time.perf_counter()
@@ -562,6 +563,62 @@ def _train_fold(ctx, fold, folds, device, tracker, run_id, parent) -> str:
     for path, name in curves:
         tracker.log_artifact_as(parent if folds > 1 else run_id, path, f"history/{name}.csv")
     return model_uri
+
+
+def train_members(
+    config: PipelineConfig,
+    data: FoldData,
+    val: Side | None,
+    device: torch.device,
+    *,
+    fold: int = 0,
+    scratch: Path | None = None,
+    resume: bool = False,
+    on_epoch: Callable[[int, EpochLog], None] | None = None,
+    progress: bool = True,
+    where: str = "",
+) -> tuple[nn.Module, Normalizer, list[FitState]]:
+    """The model of one fold, on the CPU: ``model.ensemble`` members trained on
+    ``data.sides["train"]`` with seeds 1000 apart, behind one input normaliser.
+
+    The stage and the benchmarks that compare training recipes both train through here, so a
+    benchmark measures exactly what the pipeline would ship.
+    """
+    cfg, mcfg = config.train, config.model
+    train = data.sides["train"]
+    single = {**to_dict(mcfg), "ensemble": 1}
+    normalizer = fit_normalizer(train, mcfg.input_norm == "window")
+    members, states = [], []
+    for member in range(mcfg.ensemble):
+        if mcfg.ensemble > 1:
+            log.info("train%s: ensemble member %d of %d", where, member + 1, mcfg.ensemble)
+        seed_everything(cfg.seed + fold + 1000 * member)
+        model = build_model(data.n_leads, len(data.classes), len(data.rr_names), single)
+        member_cfg = dataclasses.replace(cfg, seed=cfg.seed + 1000 * member)
+        checkpoint = None
+        if scratch is not None:
+            checkpoint = scratch / (f"member_{member}" if member else "") / "last.pt"
+        states.append(
+            fit(
+                model,
+                normalizer,
+                train,
+                val,
+                data.classes,
+                member_cfg,
+                device,
+                checkpoint=checkpoint,
+                resume=resume,
+                on_epoch=None if on_epoch is None else functools.partial(on_epoch, member),
+                progress=progress,
+                augmentation=config.augment if config.augment.active else None,
+                fs=config.signal.fs,
+                paired=config.segment.beat_template,
+            )
+        )
+        members.append(model.cpu())
+    normalizer.cpu()
+    return (Ensemble(members) if len(members) > 1 else members[0]), normalizer, states
 
 
 def model_spec(config, data, n_rr: int) -> dict:

@@ -1,0 +1,119 @@
+"""The default ensemble, early-stopped on one validation side, against the same ensemble refit.
+
+    python benchmarks/refit_ensemble.py mitdb --outer 0 1 2 3 4 --refit-steps 5 7 7 5 7
+
+``refit_steps.py`` compared single models; this compares what the pipeline would ship, through
+the pipeline's own ``train_members`` (same members, seeds, normaliser and augmentation). Nested
+inside DS1, for each outer split k (split seed k; its validation side V_k plays the test
+patients):
+
+- default: the configuration as it is (its ensemble, learning-rate decay, early stopping), trained
+  on DS1 minus V_k minus V_j and stopped on V_j, for each other split j; scored on V_k, and the
+  mean over j is the default's score (any one of those sides could have been the one it got);
+- refit: the same ensemble trained on DS1 minus V_k, without a validation side, for the given
+  step count (chosen for k by ``refit_steps.py`` on the other sides' pooled curves, so V_k chose
+  nothing), at a constant learning rate, the last weights kept; scored on V_k.
+
+DS2 is never read. Each outer split appends one JSON line to ``--out`` as soon as it is done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from refit_steps import load_sides, sides_of
+
+from ecg.config import find_pipeline, load_config
+from ecg.decision import decide, macro_f1
+from ecg.pipeline import engine_for
+from ecg.preprocess import load_pieces
+from ecg.train import predict_proba, train_members
+
+CPU = torch.device("cpu")
+
+
+def score(config, data, validated: bool) -> float:
+    """Macro-F1 on the data's test side of the ensemble trained on its training side."""
+    val = data.sides["val"] if validated else None
+    model, normalizer, _ = train_members(config, data, val, CPU, progress=False)
+    test = data.sides["test"]
+    return macro_f1(
+        test.y.numpy(), decide(predict_proba(model, normalizer, test, CPU)), data.classes
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("pipeline", nargs="?", default="mitdb")
+    parser.add_argument("--outer", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument(
+        "--refit-steps", type=int, nargs="+", required=True, help="one per --outer split"
+    )
+    parser.add_argument("--folds", type=int, default=5, help="split seeds that make up DS1")
+    parser.add_argument("--out", type=Path, help="append each outer split as one JSON line")
+    args = parser.parse_args()
+    if len(args.refit_steps) != len(args.outer):
+        parser.error(f"--refit-steps: {len(args.refit_steps)} counts for {len(args.outer)} splits")
+    config = load_config(find_pipeline(args.pipeline))
+    if config.split.val_fraction == 0:
+        parser.error("the default here is the early-stopped recipe: it needs split.val_fraction")
+    torch.set_num_threads(config.train.threads or 2)
+    preprocess = engine_for(config).out_dir("preprocess")
+    _, index, _ = load_pieces(preprocess)
+    seeds = list(range(args.folds))
+    ds1, val = sides_of(index, config, seeds)
+    nobody = np.zeros_like(ds1)
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for k, steps in zip(args.outer, args.refit_steps, strict=True):
+            started = time.perf_counter()
+            default = []
+            for j in (s for s in seeds if s != k):
+                folder = Path(scratch) / f"{k}_{j}"
+                train = ds1 & ~val[k] & ~val[j]
+                data = load_sides(config, preprocess, folder, train, val[j], val[k])
+                default.append(score(config, data, validated=True))
+                print(f"outer {k}, stopped on {j}: {default[-1]:.4f}", flush=True)
+            refit_config = dataclasses.replace(
+                config, train=dataclasses.replace(config.train, epochs=steps)
+            )
+            folder = Path(scratch) / f"{k}_refit"
+            data = load_sides(config, preprocess, folder, ds1 & ~val[k], nobody, val[k])
+            refit = score(refit_config, data, validated=False)
+            row = {
+                "outer": k,
+                "default": statistics.mean(default),
+                "default_each": [round(s, 4) for s in default],
+                "refit": refit,
+                "refit_steps": steps,
+                "ensemble": config.model.ensemble,
+                "seconds": round(time.perf_counter() - started),
+            }
+            rows.append(row)
+            print(
+                f"outer {k}: default {row['default']:.4f} (mean of {len(default)}), "
+                f"refit {refit:.4f} after {steps} steps ({row['seconds']} s)",
+                flush=True,
+            )
+            if args.out:
+                with args.out.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+    print("outer  default  refit  steps")
+    for r in rows:
+        print(f"{r['outer']:>5}  {r['default']:.4f}   {r['refit']:.4f} {r['refit_steps']:>5}")
+    default_mean = statistics.mean(r["default"] for r in rows)
+    refit_mean = statistics.mean(r["refit"] for r in rows)
+    gain = refit_mean - default_mean
+    print(f" mean  {default_mean:.4f}   {refit_mean:.4f}  (refit - default {gain:+.4f})")
+
+
+if __name__ == "__main__":
+    main()
