@@ -48,25 +48,31 @@ def confusion_matrix_png(
 
 
 def training_curves_png(histories: dict, best_epochs: dict[str, int], path: Path) -> Path:
-    """Loss, validation macro-F1 and learning rate per epoch; the kept epoch marked."""
-    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
+    """Loss, validation macro-F1 and learning rate per epoch, the kept epoch marked; a run
+    without validation patients has no validation panel, as it has nothing to draw there."""
+    validated = any(h["val_macro_f1"].notna().any() for h in histories.values())
+    fig, axes = plt.subplots(1, 3 if validated else 2, figsize=(11 if validated else 7.5, 3.2))
+    loss_ax, lr_ax = axes[0], axes[-1]
     for name, history in histories.items():
         label = f" ({name})" if len(histories) > 1 else ""
-        axes[0].plot(history["epoch"], history["train_loss"], label=f"train{label}")
-        axes[0].plot(history["epoch"], history["val_loss"], "--", label=f"validation{label}")
+        loss_ax.plot(history["epoch"], history["train_loss"], label=f"train{label}")
+        lr_ax.plot(history["epoch"], history["lr"], label=name)
+        if not validated:
+            continue
+        loss_ax.plot(history["epoch"], history["val_loss"], "--", label=f"validation{label}")
         axes[1].plot(history["epoch"], history["val_macro_f1"], label=name)
-        axes[2].plot(history["epoch"], history["lr"], label=name)
         best = best_epochs.get(name)
         if best:
             axes[1].axvline(best, color="grey", lw=0.8, ls=":")
             f1 = history.loc[history["epoch"] == best, "val_macro_f1"]
             if len(f1):
                 axes[1].plot([best], [float(f1.iloc[0])], "o", color="black", ms=5)
-    axes[0].set_title("loss", fontsize=10)
-    axes[1].set_title("validation macro-F1 (kept epoch: dot)", fontsize=10)
-    axes[2].set_title("learning rate", fontsize=10)
-    axes[2].set_yscale("log")
-    axes[0].legend(fontsize=7)
+    loss_ax.set_title("loss", fontsize=10)
+    if validated:
+        axes[1].set_title("validation macro-F1 (kept epoch: dot)", fontsize=10)
+    lr_ax.set_title("learning rate", fontsize=10)
+    lr_ax.set_yscale("log")
+    loss_ax.legend(fontsize=7)
     for ax in axes:
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))

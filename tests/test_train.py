@@ -17,7 +17,7 @@ from ecg.config import TrainConfig
 from ecg.dataset import Side
 from ecg.losses import FocalLoss
 from ecg.model import BiLSTMClassifier, PackagedClassifier, pack
-from ecg.train import fit, fit_normalizer, seed_everything
+from ecg.train import fit, fit_normalizer, predict_proba, seed_everything
 
 CFG = TrainConfig(epochs=4, batch_size=64, lr=0.01, patience=10, threads=0)
 
@@ -97,6 +97,36 @@ def test_resume_continues_from_the_saved_epoch(tmp_path):
     assert [e["val_macro_f1"] for e in resumed.history] == pytest.approx(
         [e["val_macro_f1"] for e in straight.history]
     )
+
+
+def test_without_validation_every_epoch_trains_at_one_rate_and_the_last_is_kept(tmp_path):
+    """No validation side: patience and learning-rate decay have nothing to look at, so all
+    epochs run at the configured rate and the model leaves fit() with its last weights."""
+    cfg = dataclasses.replace(CFG, epochs=3, patience=1, lr_patience=0)
+    seed_everything(0)
+    train, test = toy_side(512, 1), toy_side(256, 2)
+    model = _model()
+    normalizer = fit_normalizer(train, per_window=False)
+    state = fit(
+        model,
+        normalizer,
+        train,
+        None,
+        ["a", "b"],
+        cfg,
+        torch.device("cpu"),
+        checkpoint=tmp_path / "last.pt",
+        progress=False,
+    )
+    assert [e["epoch"] for e in state.history] == [1, 2, 3]
+    assert {e["lr"] for e in state.history} == {cfg.lr}
+    assert all(np.isnan(e["val_macro_f1"]) for e in state.history)
+    assert state.best_epoch == 3
+    last = torch.load(tmp_path / "last.pt", weights_only=True)["model"]
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, last[name])
+    proba = predict_proba(model, normalizer, test, torch.device("cpu"))
+    assert (proba.argmax(axis=1) == test.y.numpy()).mean() > 0.95
 
 
 def test_checkpoint_is_loaded_without_unpickling(tmp_path):
@@ -315,6 +345,35 @@ def test_the_train_stage_ships_an_ensemble_that_loads_back(tmp_path):
     report = next((tmp_path / "reports" / "smoke").glob("*/report.md")).read_text()
     assert "member 1: 1 epochs run" in report and "member 2: 1 epochs run" in report
     assert "ensemble of these members" in report
+
+
+def test_the_train_stage_without_validation_patients_trains_on_all_of_them(tmp_path):
+    import json
+    from pathlib import Path
+
+    from ecg.cli import main
+    from ecg.train import load_classifier
+
+    from conftest import write_pipeline
+
+    repo = Path(__file__).resolve().parent.parent
+    text = (
+        (repo / "pipelines" / "smoke.yaml")
+        .read_text()
+        .replace("source: tests/fixtures/mitdb", f"source: {repo / 'tests' / 'fixtures' / 'mitdb'}")
+    )
+    config = write_pipeline(tmp_path, "smoke", text)
+    overrides = ["--set", "split.val_fraction=0", "--set", "train.epochs=2"]
+    assert main(["run", "--config", str(config), *overrides]) == 0
+    processed = tmp_path / "data" / "processed" / "smoke"
+    meta = json.loads((processed / "split" / "meta.json").read_text())["patients"]["split_0"]
+    assert meta["val"] == [] and meta["train"]
+    _, _, spec = load_classifier(processed / "train" / "fold_0" / "model.pt")
+    payload = torch.load(processed / "train" / "fold_0" / "model.pt", weights_only=True)
+    assert payload["best_epoch"] == 2
+    report = next((tmp_path / "reports" / "smoke").glob("*/report.md")).read_text()
+    assert "2 epochs run, the last kept" in report
+    assert "No patients were held out for validation" in report
 
 
 def test_focal_loss_with_gamma_zero_is_the_weighted_cross_entropy():

@@ -216,25 +216,39 @@ def _training(doc: Document, run: RunData, figures: Path) -> None:
         return
     best = {}
     lines = []
+    validated = False
     for name, history in run.histories.items():
-        kept = int(history.loc[history["val_macro_f1"].idxmax(), "epoch"])
-        best[name] = kept
-        f1 = float(history.loc[history["epoch"] == kept, "val_macro_f1"].iloc[0])
-        lines.append(
-            f"{name}: {len(history)} epochs run, epoch {kept} kept (validation macro-F1 {f1:.3f})"
-        )
+        f1s = history["val_macro_f1"]
+        if f1s.notna().any():
+            validated = True
+            kept = int(history.loc[f1s.idxmax(), "epoch"])
+            best[name] = kept
+            lines.append(
+                f"{name}: {len(history)} epochs run, epoch {kept} kept "
+                f"(validation macro-F1 {f1s.max():.3f})"
+            )
+        else:
+            lines.append(f"{name}: {len(history)} epochs run, the last kept")
     path = plots.training_curves_png(run.histories, best, figures / "training.png")
     sentences = ["; ".join(lines)]
     if any("member" in name for name in run.histories):
         sentences.append(
             "The model is the ensemble of these members: their probabilities are averaged"
         )
-    sentences.append(
-        "Early stopping and model selection use the validation patients only, drawn from the "
-        "training side"
-    )
+    if validated:
+        sentences.append(
+            "Early stopping and model selection use the validation patients only, drawn from "
+            "the training side"
+        )
+    else:
+        sentences.append(
+            "No patients were held out for validation: every training patient trained, for a "
+            "number of epochs fixed in the configuration (chosen beforehand on validation "
+            "patients of the training side), at a constant learning rate"
+        )
+    shown = "loss, validation macro-F1 and" if validated else "loss and"
     doc.add(
-        Image(path, "loss, validation macro-F1 and learning rate per epoch"),
+        Image(path, f"{shown} learning rate per epoch"),
         Paragraph(". ".join(sentences) + "."),
     )
 
