@@ -1,6 +1,10 @@
 """Early stopping on one validation side, or a step count chosen on pooled folds and a refit?
 
     python benchmarks/refit_steps.py mitdb --outer 0 1 2 3 4 --steps 10
+    python benchmarks/refit_steps.py mitdb --choose --steps 10
+
+``--choose`` does not compare: it gives the step count for a refit on all of DS1, the peak of the
+mean validation curve over all the split seeds' sides (each trained on the rest of DS1).
 
 The default keeps the step at which one validation side of four to six DS1 patients scored best,
 and trains on the other patients only. The alternative measured here chooses the number of
@@ -32,7 +36,7 @@ import pandas as pd
 import torch
 
 from ecg.config import find_pipeline, load_config, to_dict
-from ecg.dataset import Side, load_fold
+from ecg.dataset import load_fold
 from ecg.decision import decide, macro_f1
 from ecg.model import build_model
 from ecg.pipeline import engine_for
@@ -68,41 +72,35 @@ def load_sides(config, preprocess: Path, folder: Path, train, val, test):
     )
 
 
-def train_once(config, data, steps: int, keep_step: int | None = None):
-    """One model; the weights of its best validation step, or of step ``keep_step``."""
+def train_once(config, data, steps: int):
+    """One model; the weights of its best validation step, or, with no validation side, of
+    its last."""
     seed_everything(config.train.seed)
     sides = data.sides
     single = {**to_dict(config.model), "ensemble": 1}
     model = build_model(data.n_leads, len(data.classes), len(data.rr_names), single)
     normalizer = fit_normalizer(sides["train"], config.model.input_norm == "window")
     cfg = dataclasses.replace(config.train, epochs=steps, patience=steps + 1, lr_patience=10**6)
-    kept = {}
-
-    def on_epoch(entry) -> None:
-        if entry.epoch == keep_step:
-            kept.update({k: v.detach().clone() for k, v in model.state_dict().items()})
-
     state = fit(
         model,
         normalizer,
         sides["train"],
-        sides["val"],
+        sides["val"] if len(sides["val"]) else None,
         data.classes,
         cfg,
         torch.device("cpu"),
         progress=False,
-        on_epoch=on_epoch,
         fs=config.signal.fs,
         paired=config.segment.beat_template,
     )
-    if keep_step is not None:
-        model.load_state_dict(kept)
     test = sides["test"]
-    score = macro_f1(
-        test.y.numpy(),
-        decide(predict_proba(model, normalizer, test, torch.device("cpu"))),
-        data.classes,
-    )
+    score = float("nan")
+    if len(test):
+        score = macro_f1(
+            test.y.numpy(),
+            decide(predict_proba(model, normalizer, test, torch.device("cpu"))),
+            data.classes,
+        )
     curve = [entry["val_macro_f1"] for entry in state.history]
     return score, curve, state.best_epoch
 
@@ -114,13 +112,24 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5, help="split seeds that make up DS1")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--out", type=Path, help="append the result as one JSON line")
+    parser.add_argument(
+        "--choose", action="store_true", help="the step count for a refit on all of DS1"
+    )
     args = parser.parse_args()
     config = load_config(find_pipeline(args.pipeline))
+    if config.split.val_fraction == 0:
+        # The validation sides are the split seeds' sides at the usual fraction.
+        config = dataclasses.replace(
+            config, split=dataclasses.replace(config.split, val_fraction=0.2)
+        )
     torch.set_num_threads(config.train.threads or 2)
     preprocess = engine_for(config).out_dir("preprocess")
     _, index, _ = load_pieces(preprocess)
     seeds = list(range(args.folds))
     ds1, val = sides_of(index, config, seeds)
+    if args.choose:
+        choose(config, preprocess, ds1, val, args)
+        return
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for k in args.outer:
@@ -140,15 +149,11 @@ def main() -> None:
                 print(f"outer {k}, inner {j}: best step {best}, scored on {k}: {score:.4f}")
             mean_curve = np.mean(curves, axis=0)
             n_star = int(np.argmax(mean_curve)) + 1
-            # The refit has no validation side; fit() still wants one, so it gets every 20th of
-            # its own training beats, which changes nothing: the learning rate is constant and
-            # the weights of step n_star are kept whatever that slice says.
-            nobody = np.zeros_like(ds1)
+            nobody = np.zeros_like(ds1)  # the refit has no validation side: its last step counts
             data = load_sides(
                 config, preprocess, Path(scratch) / f"{k}_refit", ds1 & ~val[k], nobody, val[k]
             )
-            data.sides["val"] = _every(data.sides["train"], 20)
-            refit, _, _ = train_once(config, data, n_star, keep_step=n_star)
+            refit, _, _ = train_once(config, data, n_star)
             row = {
                 "outer": k,
                 "early_stopping": statistics.mean(early),
@@ -176,13 +181,24 @@ def main() -> None:
             f.write(json.dumps({"steps": args.steps, "rows": rows}) + "\n")
 
 
-def _every(side: Side, step: int) -> Side:
-    return Side(
-        side.x[::step],
-        None if side.rr is None else side.rr[::step],
-        side.y[::step],
-        side.rows[::step],
-    )
+def choose(config, preprocess: Path, ds1: np.ndarray, val: dict, args) -> None:
+    """The peak of the mean validation curve over every seed's side: a refit's step count."""
+    curves = []
+    nobody = np.zeros_like(ds1)
+    with tempfile.TemporaryDirectory() as scratch:
+        for j, side in val.items():
+            data = load_sides(config, preprocess, Path(scratch) / str(j), ds1 & ~side, side, nobody)
+            _, curve, best = train_once(config, data, args.steps)
+            curves.append(curve)
+            print(f"side {j}: " + " ".join(f"{v:.4f}" for v in curve) + f"  (best step {best})")
+    mean_curve = np.mean(curves, axis=0)
+    steps = int(np.argmax(mean_curve)) + 1
+    print("mean:   " + " ".join(f"{v:.4f}" for v in mean_curve))
+    print(f"refit step count: {steps} (mean validation macro-F1 {mean_curve[steps - 1]:.4f})")
+    if args.out:
+        with args.out.open("a") as f:
+            row = {"choose": steps, "steps": args.steps, "curves": curves}
+            f.write(json.dumps(row) + "\n")
 
 
 if __name__ == "__main__":

@@ -227,8 +227,11 @@ class TrainConfig:
     """Pieces drawn per epoch; 0 means as many as the training set holds."""
     clip_grad_norm: float = 1.0
     patience: int = 5
-    """Early stopping: epochs without a better validation macro-F1."""
+    """Early stopping: epochs without a better validation macro-F1 (none without validation
+    patients, ``split.val_fraction: 0``: then every epoch runs and the last is kept)."""
     lr_patience: int = 2
+    """Epochs without a better validation macro-F1 before the learning rate is multiplied by
+    ``lr_factor``; without validation patients the rate stays as it is."""
     lr_factor: float = 0.5
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
