@@ -102,6 +102,15 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/levers.jsonl"))
     args = parser.parse_args()
+    for lever in args.levers:
+        config = load_config(find_pipeline(args.pipeline), lever.split())
+        if config.split.val_fraction == 0:
+            parser.error(
+                f"{lever or 'default'}: no validation patients (split.val_fraction 0), so "
+                "nothing to rank by; add split.val_fraction=0.2 to the lever to measure the "
+                "early-stopped recipe, or compare refits nested in DS1 "
+                "(benchmarks/refit_ensemble.py)"
+            )
     for seed in args.seeds:
         for lever in args.levers:
             done = load(args.out)
