@@ -76,7 +76,7 @@ STAGES: tuple[Stage, ...] = (
         ),
         upstream=("download", "preprocess", "split"),
         code=("ecg.model", "ecg.dataset", "ecg.metrics", "ecg.augment"),
-        help="fit the BiLSTM on the training patients, select on the validation patients",
+        help="fit the BiLSTM on the training patients (stopped on validation patients, if any)",
     ),
     Stage(
         name="evaluate",
