@@ -66,6 +66,21 @@ def _fit(tmp_path=None, cfg=CFG, resume=False, seed=0):
     return model, normalizer, state
 
 
+def _smoke_pipeline(tmp_path):
+    """The smoke pipeline in a project at ``tmp_path``, reading the committed fixtures."""
+    from pathlib import Path
+
+    from conftest import write_pipeline
+
+    repo = Path(__file__).resolve().parent.parent
+    text = (
+        (repo / "pipelines" / "smoke.yaml")
+        .read_text()
+        .replace("source: tests/fixtures/mitdb", f"source: {repo / 'tests' / 'fixtures' / 'mitdb'}")
+    )
+    return write_pipeline(tmp_path, "smoke", text)
+
+
 def test_bilstm_learns_a_separable_task_in_seconds():
     _, _, state = _fit()
     assert state.best_f1 > 0.95
@@ -248,19 +263,10 @@ def test_augmented_training_still_learns():
 def test_torchrun_trains_the_smoke_pipeline_with_two_gloo_processes(tmp_path):
     import subprocess
     import sys
-    from pathlib import Path
 
     from ecg.tracking import Tracker
 
-    from conftest import write_pipeline
-
-    repo = Path(__file__).resolve().parent.parent
-    text = (
-        (repo / "pipelines" / "smoke.yaml")
-        .read_text()
-        .replace("source: tests/fixtures/mitdb", f"source: {repo / 'tests' / 'fixtures' / 'mitdb'}")
-    )
-    config = write_pipeline(tmp_path, "smoke", text)
+    config = _smoke_pipeline(tmp_path)
     command = [
         sys.executable,
         "-m",
@@ -309,21 +315,12 @@ def test_an_ensemble_averages_its_members_probabilities():
 
 
 def test_the_train_stage_ships_an_ensemble_that_loads_back(tmp_path):
-    from pathlib import Path
 
     from ecg.cli import main
     from ecg.model import Ensemble
     from ecg.train import load_classifier
 
-    from conftest import write_pipeline
-
-    repo = Path(__file__).resolve().parent.parent
-    text = (
-        (repo / "pipelines" / "smoke.yaml")
-        .read_text()
-        .replace("source: tests/fixtures/mitdb", f"source: {repo / 'tests' / 'fixtures' / 'mitdb'}")
-    )
-    config = write_pipeline(tmp_path, "smoke", text)
+    config = _smoke_pipeline(tmp_path)
     assert (
         main(
             [
@@ -349,20 +346,11 @@ def test_the_train_stage_ships_an_ensemble_that_loads_back(tmp_path):
 
 def test_the_train_stage_without_validation_patients_trains_on_all_of_them(tmp_path):
     import json
-    from pathlib import Path
 
     from ecg.cli import main
     from ecg.train import load_classifier
 
-    from conftest import write_pipeline
-
-    repo = Path(__file__).resolve().parent.parent
-    text = (
-        (repo / "pipelines" / "smoke.yaml")
-        .read_text()
-        .replace("source: tests/fixtures/mitdb", f"source: {repo / 'tests' / 'fixtures' / 'mitdb'}")
-    )
-    config = write_pipeline(tmp_path, "smoke", text)
+    config = _smoke_pipeline(tmp_path)
     overrides = ["--set", "split.val_fraction=0", "--set", "train.epochs=2"]
     assert main(["run", "--config", str(config), *overrides]) == 0
     processed = tmp_path / "data" / "processed" / "smoke"
