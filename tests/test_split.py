@@ -93,6 +93,17 @@ def test_kfold_never_shares_a_patient_and_tests_each_patient_once(seed):
     assert sorted(tested) == sorted(index["patient"].unique())
 
 
+@pytest.mark.parametrize("protocol", ["dechazal", "kfold"])
+def test_no_validation_fraction_puts_every_training_patient_in_training(protocol):
+    index = _mitdb_index() if protocol == "dechazal" else _ptb_index()
+    split = build_split(index, SplitConfig(protocol=protocol, val_fraction=0))
+    for column in split.columns:
+        sides = _sides(index, split, column)
+        assert not sides["val"] and sides["train"] and sides["test"]
+    if protocol == "dechazal":
+        assert _sides(index, split)["train"] == {patient_of("mitdb", r) for r in DS1}
+
+
 def test_a_leak_is_caught_when_a_split_is_loaded():
     index = pd.DataFrame(
         {"record": ["a", "b", "c"], "patient": ["p1", "p1", "p2"], "label_id": [0, 0, 1]}
