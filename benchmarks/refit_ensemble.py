@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import statistics
 import tempfile
 import time
@@ -33,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from refit_steps import load_sides, sides_of
+from refit_steps import append_line, load_sides, sides_of
 
 from ecg.config import find_pipeline, load_config
 from ecg.decision import decide, macro_f1
@@ -111,9 +110,7 @@ def main() -> None:
                 f"refit {refit:.4f} after {steps} steps ({row['seconds']} s)",
                 flush=True,
             )
-            if args.out:
-                with args.out.open("a") as f:
-                    f.write(json.dumps(row) + "\n")
+            append_line(args.out, row)
     print("outer  default  refit  steps")
     for r in rows:
         print(f"{r['outer']:>5}  {r['default']:.4f}   {r['refit']:.4f} {r['refit_steps']:>5}")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import statistics
 import tempfile
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from refit_ensemble import score
-from refit_steps import load_sides, sides_of
+from refit_steps import append_line, load_sides, sides_of
 
 from ecg.config import find_pipeline, load_config
 from ecg.pipeline import engine_for
@@ -69,9 +68,7 @@ def main() -> None:
                 f"lever {row['lever']:.4f}",
                 flush=True,
             )
-            if args.out:
-                with args.out.open("a") as f:
-                    f.write(json.dumps(row) + "\n")
+            append_line(args.out, row)
     means = {name: statistics.mean(r[name] for r in rows) for name in arms}
     print(
         f"mean: default {means['default']:.4f}, lever {means['lever']:.4f} "

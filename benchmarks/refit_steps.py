@@ -72,6 +72,13 @@ def load_sides(config, preprocess: Path, folder: Path, train, val, test):
     )
 
 
+def append_line(path: Path | None, row: dict) -> None:
+    """One JSON line onto ``--out``, if given, as soon as a result is known."""
+    if path is not None:
+        with path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
 def train_once(config, data, steps: int):
     """One model; the weights of its best validation step, or, with no validation side, of
     its last."""
@@ -176,9 +183,7 @@ def main() -> None:
             f" {r['refit_steps']:>5}"
         )
     print(f" mean  {early_mean:.4f}          {refit_mean:.4f}")
-    if args.out:
-        with args.out.open("a") as f:
-            f.write(json.dumps({"steps": args.steps, "rows": rows}) + "\n")
+    append_line(args.out, {"steps": args.steps, "rows": rows})
 
 
 def choose(config, preprocess: Path, ds1: np.ndarray, val: dict, args) -> None:
@@ -195,10 +200,7 @@ def choose(config, preprocess: Path, ds1: np.ndarray, val: dict, args) -> None:
     steps = int(np.argmax(mean_curve)) + 1
     print("mean:   " + " ".join(f"{v:.4f}" for v in mean_curve))
     print(f"refit step count: {steps} (mean validation macro-F1 {mean_curve[steps - 1]:.4f})")
-    if args.out:
-        with args.out.open("a") as f:
-            row = {"choose": steps, "steps": args.steps, "curves": curves}
-            f.write(json.dumps(row) + "\n")
+    append_line(args.out, {"choose": steps, "steps": args.steps, "curves": curves})
 
 
 if __name__ == "__main__":
