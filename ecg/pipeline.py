@@ -73,6 +73,7 @@ STAGES: tuple[Stage, ...] = (
             "train.lr_factor",
             "train.seed",
             "augment",
+            "split.val_fraction",  # 0: no validation side, a fixed number of epochs
         ),
         upstream=("download", "preprocess", "split"),
         code=("ecg.model", "ecg.dataset", "ecg.metrics", "ecg.augment"),
