@@ -501,11 +501,8 @@ def _train_fold(ctx, fold, folds, device, tracker, run_id, parent) -> str:
     )
     state = states[0]
     if len(states) > 1 and validated:
-        proba = predict_proba(model, normalizer.cpu(), val, torch.device("cpu"))
-        scores = from_confusion(
-            confusion(val.y.numpy(), proba.argmax(axis=1), len(data.classes)), data.classes
-        )
-        state = dataclasses.replace(state, best_f1=scores["macro_f1"])
+        scores = validation_scores(model, normalizer, val, data.classes, torch.device("cpu"))
+        state = dataclasses.replace(state, best_f1=scores["val_macro_f1"])
         log.info(
             "train%s: ensemble of %d, validation macro-F1 %.4f (members: %s)",
             where,
