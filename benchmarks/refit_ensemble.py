@@ -53,6 +53,14 @@ def score(config, data, validated: bool) -> float:
     )
 
 
+def refit(config, steps: int, preprocess: Path, folder: Path, train, test) -> float:
+    """Macro-F1 on the ``test`` rows of the ensemble trained on the ``train`` rows without a
+    validation side, for ``steps`` epochs."""
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=steps))
+    data = load_sides(config, preprocess, folder, train, np.zeros_like(train), test)
+    return score(config, data, validated=False)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("pipeline", nargs="?", default="mitdb")
@@ -77,7 +85,6 @@ def main() -> None:
     _, index, _ = load_pieces(preprocess)
     seeds = list(range(args.folds))
     ds1, val = sides_of(index, config, seeds)
-    nobody = np.zeros_like(ds1)
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for k, steps in zip(args.outer, args.refit_steps, strict=True):
@@ -89,17 +96,13 @@ def main() -> None:
                 data = load_sides(config, preprocess, folder, train, val[j], val[k])
                 default.append(score(config, data, validated=True))
                 print(f"outer {k}, stopped on {j}: {default[-1]:.4f}", flush=True)
-            refit_config = dataclasses.replace(
-                config, train=dataclasses.replace(config.train, epochs=steps)
-            )
             folder = Path(scratch) / f"{k}_refit"
-            data = load_sides(config, preprocess, folder, ds1 & ~val[k], nobody, val[k])
-            refit = score(refit_config, data, validated=False)
+            refitted = refit(config, steps, preprocess, folder, ds1 & ~val[k], val[k])
             row = {
                 "outer": k,
                 "default": statistics.mean(default),
                 "default_each": [round(s, 4) for s in default],
-                "refit": refit,
+                "refit": refitted,
                 "refit_steps": steps,
                 "ensemble": config.model.ensemble,
                 "seconds": round(time.perf_counter() - started),
@@ -107,7 +110,7 @@ def main() -> None:
             rows.append(row)
             print(
                 f"outer {k}: default {row['default']:.4f} (mean of {len(default)}), "
-                f"refit {refit:.4f} after {steps} steps ({row['seconds']} s)",
+                f"refit {refitted:.4f} after {steps} steps ({row['seconds']} s)",
                 flush=True,
             )
             append_line(args.out, row)

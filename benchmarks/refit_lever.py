@@ -13,15 +13,13 @@ sides' pooled curves, so V_k chose nothing) and scored on V_k, through the pipel
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import statistics
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
-from refit_ensemble import score
-from refit_steps import append_line, load_sides, sides_of
+from refit_ensemble import refit
+from refit_steps import append_line, sides_of
 
 from ecg.config import find_pipeline, load_config
 from ecg.pipeline import engine_for
@@ -41,27 +39,20 @@ def main() -> None:
         parser.error(f"--refit-steps: {len(args.refit_steps)} counts for {len(args.outer)} splits")
     path = find_pipeline(args.pipeline)
     arms = {"default": load_config(path), "lever": load_config(path, args.lever)}
-    # The held-out sides are the split seeds' validation sides at the usual fraction.
-    sides = dataclasses.replace(arms["default"].split, val_fraction=0.2)
     torch.set_num_threads(arms["default"].train.threads or 2)
     preprocess = engine_for(arms["default"]).out_dir("preprocess")
     if engine_for(arms["lever"]).out_dir("preprocess") != preprocess:
         parser.error("the lever changes the dataset; this compares training on one dataset")
     _, index, _ = load_pieces(preprocess)
     seeds = list(range(args.folds))
-    ds1, val = sides_of(index, dataclasses.replace(arms["default"], split=sides), seeds)
-    nobody = np.zeros_like(ds1)
+    ds1, val = sides_of(index, arms["default"], seeds)
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for k, steps in zip(args.outer, args.refit_steps, strict=True):
             row = {"outer": k, "steps": steps, "overrides": args.lever}
             for name, config in arms.items():
-                config = dataclasses.replace(
-                    config, train=dataclasses.replace(config.train, epochs=steps)
-                )
                 folder = Path(scratch) / f"{k}_{name}"
-                data = load_sides(config, preprocess, folder, ds1 & ~val[k], nobody, val[k])
-                row[name] = score(config, data, validated=False)
+                row[name] = refit(config, steps, preprocess, folder, ds1 & ~val[k], val[k])
             rows.append(row)
             print(
                 f"outer {k} ({steps} steps): default {row['default']:.4f}, "

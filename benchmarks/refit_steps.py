@@ -46,9 +46,13 @@ from ecg.train import fit, fit_normalizer, predict_proba, seed_everything
 
 
 def sides_of(index: pd.DataFrame, config, seeds: list[int]) -> tuple[np.ndarray, dict]:
-    """DS1's rows (the same under every seed), and each split seed's validation rows."""
+    """DS1's rows (the same under every seed), and each split seed's validation rows; at the
+    usual fraction, 0.2, when the configuration holds no patients out (the refit default)."""
+    fraction = config.split.val_fraction or 0.2
     splits = {
-        seed: build_split(index, dataclasses.replace(config.split, seed=seed))["split_0"]
+        seed: build_split(
+            index, dataclasses.replace(config.split, seed=seed, val_fraction=fraction)
+        )["split_0"]
         for seed in seeds
     }
     ds1 = splits[seeds[0]].isin(["train", "val"]).to_numpy()
@@ -124,11 +128,6 @@ def main() -> None:
     )
     args = parser.parse_args()
     config = load_config(find_pipeline(args.pipeline))
-    if config.split.val_fraction == 0:
-        # The validation sides are the split seeds' sides at the usual fraction.
-        config = dataclasses.replace(
-            config, split=dataclasses.replace(config.split, val_fraction=0.2)
-        )
     torch.set_num_threads(config.train.threads or 2)
     preprocess = engine_for(config).out_dir("preprocess")
     _, index, _ = load_pieces(preprocess)
