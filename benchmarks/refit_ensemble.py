@@ -38,27 +38,28 @@ from ecg.config import find_pipeline, load_config
 from ecg.decision import decide, macro_f1
 from ecg.pipeline import engine_for
 from ecg.preprocess import load_pieces
-from ecg.train import predict_proba, train_members
-
-CPU = torch.device("cpu")
+from ecg.train import predict_proba, select_device, train_members
 
 
-def score(config, data, validated: bool) -> float:
+def score(config, data, validated: bool, device: torch.device) -> float:
     """Macro-F1 on the data's test side of the ensemble trained on its training side."""
     val = data.sides["val"] if validated else None
-    model, normalizer, _ = train_members(config, data, val, CPU, progress=False)
+    model, normalizer, _ = train_members(config, data, val, device, progress=False)
     test = data.sides["test"]
-    return macro_f1(
-        test.y.numpy(), decide(predict_proba(model, normalizer, test, CPU)), data.classes
-    )
+    # train_members hands the model back on the CPU; predicting on the device it trained on
+    # keeps a GPU run from waiting on two CPU threads
+    probabilities = predict_proba(model.to(device), normalizer.to(device), test, device)
+    return macro_f1(test.y.numpy(), decide(probabilities), data.classes)
 
 
-def refit(config, steps: int, preprocess: Path, folder: Path, train, test) -> float:
+def refit(
+    config, steps: int, preprocess: Path, folder: Path, train, test, device: torch.device
+) -> float:
     """Macro-F1 on the ``test`` rows of the ensemble trained on the ``train`` rows without a
     validation side, for ``steps`` epochs."""
     config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=steps))
     data = load_sides(config, preprocess, folder, train, np.zeros_like(train), test)
-    return score(config, data, validated=False)
+    return score(config, data, validated=False, device=device)
 
 
 def main() -> None:
@@ -71,6 +72,7 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5, help="split seeds that make up DS1")
     parser.add_argument("--out", type=Path, help="append each outer split as one JSON line")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
     args = parser.parse_args()
     if len(args.refit_steps) != len(args.outer):
         parser.error(f"--refit-steps: {len(args.refit_steps)} counts for {len(args.outer)} splits")
@@ -81,6 +83,7 @@ def main() -> None:
             "--set split.val_fraction=0.2 --set train.epochs=15"
         )
     torch.set_num_threads(config.train.threads or 2)
+    device = select_device(args.device)
     preprocess = engine_for(config).out_dir("preprocess")
     _, index, _ = load_pieces(preprocess)
     seeds = list(range(args.folds))
@@ -94,10 +97,10 @@ def main() -> None:
                 folder = Path(scratch) / f"{k}_{j}"
                 train = ds1 & ~val[k] & ~val[j]
                 data = load_sides(config, preprocess, folder, train, val[j], val[k])
-                default.append(score(config, data, validated=True))
+                default.append(score(config, data, validated=True, device=device))
                 print(f"outer {k}, stopped on {j}: {default[-1]:.4f}", flush=True)
             folder = Path(scratch) / f"{k}_refit"
-            refitted = refit(config, steps, preprocess, folder, ds1 & ~val[k], val[k])
+            refitted = refit(config, steps, preprocess, folder, ds1 & ~val[k], val[k], device)
             row = {
                 "outer": k,
                 "default": statistics.mean(default),

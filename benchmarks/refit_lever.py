@@ -1,13 +1,17 @@
 """A lever on top of the refit default, measured nested inside DS1.
 
     python benchmarks/refit_lever.py mitdb --refit-steps 5 7 7 5 7 --lever augment.scale=0.2 ...
+    python benchmarks/refit_lever.py mitdb --refit-steps 5 7 7 5 7 --lever-steps 4 4 5 4 4 \
+        --lever model.hidden=128 --device cuda
 
 The default trains without validation patients, so it has no validation score to rank levers by
 (``quality_levers.py`` needs one). Here, for each outer split k (split seed k; its validation side
 V_k plays the test patients), the default and the default with the lever's overrides are both
 trained on DS1 minus V_k for the step count given for k (from ``refit_steps.py``: the other
 sides' pooled curves, so V_k chose nothing) and scored on V_k, through the pipeline's own
-``train_members``. DS2 is never read.
+``train_members``. A lever that changes how fast the model learns deserves its own step counts
+(``--lever-steps``, from ``refit_steps.py --set ...`` the same way); without them the lever arm
+uses the default's. DS2 is never read.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from refit_steps import append_line, sides_of
 from ecg.config import find_pipeline, load_config
 from ecg.pipeline import engine_for
 from ecg.preprocess import load_pieces
+from ecg.train import select_device
 
 
 def main() -> None:
@@ -31,15 +36,22 @@ def main() -> None:
     parser.add_argument("pipeline", nargs="?", default="mitdb")
     parser.add_argument("--outer", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--refit-steps", type=int, nargs="+", required=True)
+    parser.add_argument(
+        "--lever-steps", type=int, nargs="+", help="the lever arm's own, one per --outer split"
+    )
     parser.add_argument("--lever", nargs="+", required=True, metavar="KEY=VALUE")
+    parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--folds", type=int, default=5, help="split seeds that make up DS1")
     parser.add_argument("--out", type=Path, help="append each outer split as one JSON line")
     args = parser.parse_args()
-    if len(args.refit_steps) != len(args.outer):
-        parser.error(f"--refit-steps: {len(args.refit_steps)} counts for {len(args.outer)} splits")
+    lever_steps = args.lever_steps or args.refit_steps
+    for name, counts in (("--refit-steps", args.refit_steps), ("--lever-steps", lever_steps)):
+        if len(counts) != len(args.outer):
+            parser.error(f"{name}: {len(counts)} counts for {len(args.outer)} splits")
     path = find_pipeline(args.pipeline)
     arms = {"default": load_config(path), "lever": load_config(path, args.lever)}
     torch.set_num_threads(arms["default"].train.threads or 2)
+    device = select_device(args.device)
     preprocess = engine_for(arms["default"]).out_dir("preprocess")
     if engine_for(arms["lever"]).out_dir("preprocess") != preprocess:
         parser.error("the lever changes the dataset; this compares training on one dataset")
@@ -48,14 +60,16 @@ def main() -> None:
     ds1, val = sides_of(index, arms["default"], seeds)
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
-        for k, steps in zip(args.outer, args.refit_steps, strict=True):
-            row = {"outer": k, "steps": steps, "overrides": args.lever}
+        for k, steps, own in zip(args.outer, args.refit_steps, lever_steps, strict=True):
+            row = {"outer": k, "steps": steps, "lever_steps": own, "overrides": args.lever}
+            row["device"] = str(device)
             for name, config in arms.items():
                 folder = Path(scratch) / f"{k}_{name}"
-                row[name] = refit(config, steps, preprocess, folder, ds1 & ~val[k], val[k])
+                count = steps if name == "default" else own
+                row[name] = refit(config, count, preprocess, folder, ds1 & ~val[k], val[k], device)
             rows.append(row)
             print(
-                f"outer {k} ({steps} steps): default {row['default']:.4f}, "
+                f"outer {k} ({steps} / {own} steps): default {row['default']:.4f}, "
                 f"lever {row['lever']:.4f}",
                 flush=True,
             )

@@ -42,7 +42,7 @@ from ecg.model import build_model
 from ecg.pipeline import engine_for
 from ecg.preprocess import load_pieces
 from ecg.split import build_split
-from ecg.train import fit, fit_normalizer, predict_proba, seed_everything
+from ecg.train import fit, fit_normalizer, predict_proba, seed_everything, select_device
 
 
 def sides_of(index: pd.DataFrame, config, seeds: list[int]) -> tuple[np.ndarray, dict]:
@@ -83,7 +83,7 @@ def append_line(path: Path | None, row: dict) -> None:
             f.write(json.dumps(row) + "\n")
 
 
-def train_once(config, data, steps: int):
+def train_once(config, data, steps: int, device: torch.device):
     """One model; the weights of its best validation step, or, with no validation side, of
     its last."""
     seed_everything(config.train.seed)
@@ -99,7 +99,7 @@ def train_once(config, data, steps: int):
         sides["val"] if len(sides["val"]) else None,
         data.classes,
         cfg,
-        torch.device("cpu"),
+        device,
         progress=False,
         fs=config.signal.fs,
         paired=config.segment.beat_template,
@@ -109,7 +109,7 @@ def train_once(config, data, steps: int):
     if len(test):
         score = macro_f1(
             test.y.numpy(),
-            decide(predict_proba(model, normalizer, test, torch.device("cpu"))),
+            decide(predict_proba(model, normalizer, test, device)),
             data.classes,
         )
     curve = [entry["val_macro_f1"] for entry in state.history]
@@ -126,9 +126,12 @@ def main() -> None:
     parser.add_argument(
         "--choose", action="store_true", help="the step count for a refit on all of DS1"
     )
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
     args = parser.parse_args()
-    config = load_config(find_pipeline(args.pipeline))
+    config = load_config(find_pipeline(args.pipeline), args.overrides)
     torch.set_num_threads(config.train.threads or 2)
+    args.device = select_device(args.device)
     preprocess = engine_for(config).out_dir("preprocess")
     _, index, _ = load_pieces(preprocess)
     seeds = list(range(args.folds))
@@ -149,7 +152,7 @@ def main() -> None:
                     val[j],
                     val[k],
                 )
-                score, curve, best = train_once(config, data, args.steps)
+                score, curve, best = train_once(config, data, args.steps, args.device)
                 early.append(score)
                 curves.append(curve)
                 print(f"outer {k}, inner {j}: best step {best}, scored on {k}: {score:.4f}")
@@ -159,7 +162,7 @@ def main() -> None:
             data = load_sides(
                 config, preprocess, Path(scratch) / f"{k}_refit", ds1 & ~val[k], nobody, val[k]
             )
-            refit, _, _ = train_once(config, data, n_star)
+            refit, _, _ = train_once(config, data, n_star, args.device)
             row = {
                 "outer": k,
                 "early_stopping": statistics.mean(early),
@@ -182,7 +185,7 @@ def main() -> None:
             f" {r['refit_steps']:>5}"
         )
     print(f" mean  {early_mean:.4f}          {refit_mean:.4f}")
-    append_line(args.out, {"steps": args.steps, "rows": rows})
+    append_line(args.out, {"steps": args.steps, "overrides": args.overrides, "rows": rows})
 
 
 def choose(config, preprocess: Path, ds1: np.ndarray, val: dict, args) -> None:
@@ -192,14 +195,17 @@ def choose(config, preprocess: Path, ds1: np.ndarray, val: dict, args) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         for j, side in val.items():
             data = load_sides(config, preprocess, Path(scratch) / str(j), ds1 & ~side, side, nobody)
-            _, curve, best = train_once(config, data, args.steps)
+            _, curve, best = train_once(config, data, args.steps, args.device)
             curves.append(curve)
             print(f"side {j}: " + " ".join(f"{v:.4f}" for v in curve) + f"  (best step {best})")
     mean_curve = np.mean(curves, axis=0)
     steps = int(np.argmax(mean_curve)) + 1
     print("mean:   " + " ".join(f"{v:.4f}" for v in mean_curve))
     print(f"refit step count: {steps} (mean validation macro-F1 {mean_curve[steps - 1]:.4f})")
-    append_line(args.out, {"choose": steps, "steps": args.steps, "curves": curves})
+    append_line(
+        args.out,
+        {"choose": steps, "steps": args.steps, "overrides": args.overrides, "curves": curves},
+    )
 
 
 if __name__ == "__main__":
