@@ -163,7 +163,7 @@ def predict_proba(
         x = side.x[start : start + batch_size].to(device, non_blocking=True)
         rr = None if side.rr is None else side.rr[start : start + batch_size].to(device)
         x, rr = normalizer(x, rr)
-        with _autocast(device):
+        with mixed_precision(device):
             logits = model(x, rr)
         chunks.append(torch.softmax(logits.float(), dim=1).cpu())
     return torch.cat(chunks).numpy() if chunks else np.zeros((0, 0), dtype=np.float32)
@@ -236,7 +236,7 @@ def fit(
             if augmentation is not None:
                 x = augment(x, augmentation, fs, generator, paired)
             x, rr = normalizer(x, rr)
-            with _autocast(device):
+            with mixed_precision(device):
                 loss = loss_fn(net(x, rr).float(), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -330,7 +330,7 @@ def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     return kind(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def _autocast(device: torch.device):
+def mixed_precision(device: torch.device):
     """bf16 autocast on GPUs that support it; nothing on CPU, where it would slow the LSTM."""
     enabled = device.type == "cuda" and torch.cuda.is_bf16_supported()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
