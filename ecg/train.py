@@ -163,9 +163,7 @@ def predict_proba(
         x = side.x[start : start + batch_size].to(device, non_blocking=True)
         rr = None if side.rr is None else side.rr[start : start + batch_size].to(device)
         x, rr = normalizer(x, rr)
-        with mixed_precision(device):
-            logits = model(x, rr)
-        chunks.append(torch.softmax(logits.float(), dim=1).cpu())
+        chunks.append(torch.softmax(model(x, rr), dim=1).cpu())
     return torch.cat(chunks).numpy() if chunks else np.zeros((0, 0), dtype=np.float32)
 
 
@@ -236,8 +234,9 @@ def fit(
             if augmentation is not None:
                 x = augment(x, augmentation, fs, generator, paired)
             x, rr = normalizer(x, rr)
-            with mixed_precision(device):
-                loss = loss_fn(net(x, rr).float(), y)
+            # fp32 on GPUs too: under bf16 autocast these small LSTMs trained 20-35 % slower on
+            # an H200 (benchmarks/train_speed.py --autocast), for less precision
+            loss = loss_fn(net(x, rr), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.clip_grad_norm:
@@ -328,12 +327,6 @@ def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
         )
     kind = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     return kind(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
-def mixed_precision(device: torch.device):
-    """bf16 autocast on GPUs that support it; nothing on CPU, where it would slow the LSTM."""
-    enabled = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 # ----------------------------------------------------------------------------- checkpoints
