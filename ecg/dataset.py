@@ -81,7 +81,7 @@ def load_fold(
         if missing:
             raise EcgError(
                 f"model.rr_features: {', '.join(missing)} not in the dataset "
-                f"(it has {', '.join(meta['rr_features']) or 'none'})"
+                f"(it has {', '.join(meta['rr_features'] + meta.get('rr_optional', [])) or 'none'})"
             )
     keep_class = index["label"].isin(wanted).to_numpy()
     set_aside = {}

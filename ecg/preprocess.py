@@ -152,7 +152,7 @@ def _beats(job, report, y, fs, fs_new, r, classes, symbols) -> RecordResult:
     report.dropped_at_edges = int((~keep).sum())
     report.dropped_at_edges_by_class = dict(Counter(classes[~keep].tolist()))
     table = pd.DataFrame({"sample": r[keep], "label": classes[keep], "symbol": symbols[keep]})
-    for name in segment.RR_FEATURES:
+    for name in (*segment.RR_FEATURES, *segment.RR_OPTIONAL):
         table[name] = rr[name][keep].astype(np.float32)
     if report.diagnosis is not None:
         table["diagnosis"] = report.diagnosis
@@ -247,6 +247,7 @@ def write_outputs(out: Path, config: PipelineConfig, results: list[RecordResult]
         "leads": list(config.signal.leads),
         "window_samples": int(shape[1]),
         "rr_features": list(segment.RR_FEATURES) if config.segment.kind == "beats" else [],
+        "rr_optional": list(segment.RR_OPTIONAL) if config.segment.kind == "beats" else [],
         "pieces": int(total),
         "records_used": len(used),
         "records_dropped": {r.report.record: r.report.reason for r in results if not r.report.used},

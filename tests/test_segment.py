@@ -41,5 +41,19 @@ def test_rr_features_of_a_premature_beat():
     assert f["pre_over_local"][4] < 0.7 < f["pre_over_local"][3]
 
 
+def test_rr_irregularity_ignores_an_ectopic_beat_and_follows_an_irregular_rhythm():
+    fs = 100.0
+    rng = np.random.default_rng(0)
+    regular = np.full(60, 0.8)
+    regular[30] = 0.5  # one premature beat, then its compensatory pause
+    regular[31] = 1.1
+    irregular = rng.uniform(0.5, 1.1, 60)  # atrial fibrillation's irregularly irregular RR
+    for rr, low, high in ((regular, 0.0, 1e-9), (irregular, 0.1, 1.0)):
+        r = (np.concatenate([[0.0], np.cumsum(rr)]) * fs).round().astype(int)
+        f = rr_features(r, fs, local_beats=10)["rr_irregularity"]
+        assert low <= f[31] <= high  # the premature beat itself, or any beat of the AF stretch
+        assert (f >= 0).all()
+
+
 def test_rr_features_of_a_single_beat_are_nan():
     assert np.isnan(rr_features(np.array([5]), 100.0)["pre_rr"]).all()
