@@ -234,7 +234,7 @@ def fit(
             if augmentation is not None:
                 x = augment(x, augmentation, fs, generator, paired)
             x, rr = normalizer(x, rr)
-            # fp32 on GPUs too: under bf16 autocast these small LSTMs trained 20-35 % slower on
+            # fp32 on GPUs too: under bf16 autocast these small LSTMs trained 19-34 % slower on
             # an H200 (benchmarks/train_speed.py --autocast), for less precision
             loss = loss_fn(net(x, rr), y)
             optimizer.zero_grad(set_to_none=True)
