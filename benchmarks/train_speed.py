@@ -65,7 +65,7 @@ def main() -> None:
     n_rr = len(data.rr_names)
     model = build_model(data.n_leads, len(data.classes), n_rr, to_dict(mcfg)).to(device)
     normalizer = fit_normalizer(train, mcfg.input_norm == "window").to(device)
-    weights = class_weights(train.y, len(data.classes), tcfg.class_weights)
+    weights = class_weights(train.y, len(data.classes), tcfg.class_weights, tcfg.class_weight_power)
     loss_fn = torch.nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device))
     optimizer = torch.optim.Adam(model.parameters(), lr=tcfg.lr)
     bs = tcfg.batch_size

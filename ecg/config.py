@@ -216,8 +216,11 @@ class TrainConfig:
     weight_decay: float = 0.0
     momentum: float = 0.9
     """SGD only."""
-    class_weights: Literal["none", "inverse", "sqrt_inverse"] = "sqrt_inverse"
-    """Loss weights from the training class counts."""
+    class_weights: Literal["none", "inverse", "sqrt_inverse", "power"] = "sqrt_inverse"
+    """Loss weights from the training class counts: (total / count) to the power 1 (inverse),
+    0.5 (sqrt_inverse) or ``class_weight_power`` (power)."""
+    class_weight_power: float = 0.75
+    """The exponent with ``class_weights: power``; ignored otherwise."""
     loss: Literal["cross_entropy", "focal"] = "cross_entropy"
     """focal: cross-entropy scaled by (1 - p)^focal_gamma, so well-classified beats count less."""
     focal_gamma: float = 2.0
@@ -246,6 +249,7 @@ class TrainConfig:
         _check(self.samples_per_epoch >= 0, "samples_per_epoch", "zero or more")
         _check(self.patience >= 1, "patience", "one or more epochs")
         _check(self.focal_gamma >= 0, "focal_gamma", "zero (plain cross-entropy) or more")
+        _check(self.class_weight_power > 0, "class_weight_power", "a positive exponent")
         _check(0 < self.lr_factor < 1, "lr_factor", "a factor in (0, 1)")
         _check(self.clip_grad_norm >= 0, "clip_grad_norm", "zero (off) or a positive norm")
 

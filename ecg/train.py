@@ -95,13 +95,14 @@ def fit_normalizer(train: Side, per_window: bool) -> Normalizer:
     return Normalizer(x_mean, x_std, rr_mean, rr_std, per_window)
 
 
-def class_weights(y: torch.Tensor, n_classes: int, how: str) -> torch.Tensor | None:
+def class_weights(
+    y: torch.Tensor, n_classes: int, how: str, power: float = 1.0
+) -> torch.Tensor | None:
     if how == "none":
         return None
     counts = torch.bincount(y, minlength=n_classes).double().clamp_min(1)
-    weights = counts.sum() / counts
-    if how == "sqrt_inverse":
-        weights = weights.sqrt()
+    exponent = {"inverse": 1.0, "sqrt_inverse": 0.5, "power": power}[how]
+    weights = (counts.sum() / counts) ** exponent
     return (weights / weights.mean()).float()
 
 
@@ -193,7 +194,7 @@ def fit(
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    weights = class_weights(train.y, len(classes), cfg.class_weights)
+    weights = class_weights(train.y, len(classes), cfg.class_weights, cfg.class_weight_power)
     loss_fn = make_loss(cfg.loss, cfg.focal_gamma, None if weights is None else weights.to(device))
     optimizer = _optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(

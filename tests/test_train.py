@@ -17,7 +17,8 @@ from ecg.config import TrainConfig
 from ecg.dataset import Side
 from ecg.losses import FocalLoss
 from ecg.model import BiLSTMClassifier, PackagedClassifier, pack
-from ecg.train import fit, fit_normalizer, predict_proba, seed_everything
+from ecg.pipeline import STAGES
+from ecg.train import class_weights, fit, fit_normalizer, predict_proba, seed_everything
 
 CFG = TrainConfig(epochs=4, batch_size=64, lr=0.01, patience=10, threads=0)
 
@@ -384,3 +385,24 @@ def test_focal_loss_discounts_beats_already_classified_well():
 def test_focal_training_still_learns():
     _, _, state = _fit(cfg=dataclasses.replace(CFG, loss="focal"))
     assert state.best_f1 > 0.95
+
+
+def test_every_training_setting_that_shapes_the_model_is_a_param_of_the_train_stage():
+    """A setting missing here would let a changed model pass as fresh (train.loss once did)."""
+    (train,) = [stage for stage in STAGES if stage.name == "train"]
+    speed_only = {"device", "threads"}
+    for field in dataclasses.fields(TrainConfig):
+        if field.name not in speed_only:
+            assert f"train.{field.name}" in train.params, field.name
+
+
+def test_class_weights_are_inverse_counts_to_a_power():
+    y = torch.tensor([0] * 90 + [1] * 10)
+    inverse = class_weights(y, 2, "inverse")
+    assert inverse[1] / inverse[0] == pytest.approx(9.0)
+    assert class_weights(y, 2, "sqrt_inverse")[1] / class_weights(y, 2, "sqrt_inverse")[0] == (
+        pytest.approx(3.0)
+    )
+    power = class_weights(y, 2, "power", 0.75)
+    assert power[1] / power[0] == pytest.approx(9.0**0.75)
+    assert class_weights(y, 2, "none") is None
