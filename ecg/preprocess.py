@@ -152,8 +152,8 @@ def _beats(job, report, y, fs, fs_new, r, classes, symbols) -> RecordResult:
     report.dropped_at_edges = int((~keep).sum())
     report.dropped_at_edges_by_class = dict(Counter(classes[~keep].tolist()))
     table = pd.DataFrame({"sample": r[keep], "label": classes[keep], "symbol": symbols[keep]})
-    for name in (*segment.RR_FEATURES, *segment.RR_OPTIONAL):
-        table[name] = rr[name][keep].astype(np.float32)
+    for name, values in rr.items():  # every RR feature segment.rr_features made, optional ones too
+        table[name] = values[keep].astype(np.float32)
     if report.diagnosis is not None:
         table["diagnosis"] = report.diagnosis
     return _finish(report, windows, table)
