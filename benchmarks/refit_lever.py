@@ -61,8 +61,13 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for k, steps, own in zip(args.outer, args.refit_steps, lever_steps, strict=True):
-            row = {"outer": k, "steps": steps, "lever_steps": own, "overrides": args.lever}
-            row["device"] = str(device)
+            row = {
+                "outer": k,
+                "steps": steps,
+                "lever_steps": own,
+                "overrides": args.lever,
+                "device": str(device),
+            }
             for name, config in arms.items():
                 folder = Path(scratch) / f"{k}_{name}"
                 count = steps if name == "default" else own

@@ -316,7 +316,6 @@ def test_an_ensemble_averages_its_members_probabilities():
 
 
 def test_the_train_stage_ships_an_ensemble_that_loads_back(tmp_path):
-
     from ecg.cli import main
     from ecg.model import Ensemble
     from ecg.train import load_classifier
