@@ -17,7 +17,14 @@ RR_FEATURES = (
 )  # fmt: skip
 # Stored beside RR_FEATURES but used only where a model names it: an empty
 # ``model.rr_features`` means RR_FEATURES, so adding here leaves older configurations as they were.
-RR_OPTIONAL = ("rr_irregularity",)
+RR_CONTEXT_BEATS = 4
+"""RR intervals on either side of a beat that ``preK_over_average`` and ``postK_over_average``
+cover (K = 2 .. RR_CONTEXT_BEATS; K = 1 are ``pre_over_average`` and ``post_over_average``)."""
+RR_OPTIONAL = (
+    "rr_irregularity",
+    *(f"pre{k}_over_average" for k in range(2, RR_CONTEXT_BEATS + 1)),
+    *(f"post{k}_over_average" for k in range(2, RR_CONTEXT_BEATS + 1)),
+)
 
 
 def beat_windows(
@@ -73,6 +80,13 @@ def rr_features(
     the beat, divided by ``local_rr``. The median ignores an isolated premature beat (it makes two
     large differences among twenty-one) and follows a rhythm that is irregular throughout.
 
+    The context features (optional) keep the pattern that one number of irregularity averages
+    away: ``preK_over_average`` is the RR interval K beats back (``pre2`` ends at the previous
+    beat) and ``postK_over_average`` the one K beats ahead, each over the beat's ``average_rr``.
+    A premature beat in a regular rhythm is short-long between neighbours near 1; in atrial
+    fibrillation the neighbours are as irregular as the beat. Beats near either end of the record
+    borrow the nearest interval that exists.
+
     The first beat has no previous RR and the last no next RR: each borrows the other.
     """
     r = np.asarray(r_samples, dtype=np.float64) / fs
@@ -92,6 +106,11 @@ def rr_features(
     average = (cumulative[hi] - cumulative[lo]) / np.maximum(hi - lo, 1)
     successive = np.abs(np.diff(pre, prepend=pre[0]))
     typical_change = median_filter(successive, size=2 * local_beats + 1, mode="nearest")
+    beat = np.arange(n)
+    context = {}
+    for k in range(2, RR_CONTEXT_BEATS + 1):
+        context[f"pre{k}_over_average"] = pre[np.maximum(beat - k + 1, 0)] / average
+        context[f"post{k}_over_average"] = post[np.minimum(beat + k - 1, n - 1)] / average
     return {
         "pre_rr": pre,
         "post_rr": post,
@@ -103,4 +122,5 @@ def rr_features(
         "post_over_average": post / average,
         "local_over_average": local / average,
         "rr_irregularity": typical_change / local,
+        **{name: context[name] for name in RR_OPTIONAL[1:]},
     }

@@ -55,5 +55,25 @@ def test_rr_irregularity_ignores_an_ectopic_beat_and_follows_an_irregular_rhythm
         assert (f >= 0).all()
 
 
+def test_rr_context_gives_the_intervals_around_a_beat_and_borrows_at_the_ends():
+    fs = 100.0
+    rr = np.array([1.0, 1.0, 1.0, 0.6, 1.4, 1.0, 1.0, 1.0])  # the fifth beat 0.4 s early
+    r = (np.concatenate([[0.0], np.cumsum(rr)]) * fs).round().astype(int)
+    f = rr_features(r, fs, local_beats=3, average_s=100)
+    assert f["pre_over_average"][4] == pytest.approx(0.6)
+    assert f["post_over_average"][4] == pytest.approx(1.4)
+    # the beat after the premature one sees the short interval two back, the long one just before
+    assert f["pre2_over_average"][5] == pytest.approx(0.6)
+    assert f["pre_over_average"][5] == pytest.approx(1.4)
+    # the beat two before it sees the short interval two ahead and the long one three ahead
+    assert f["post2_over_average"][2] == pytest.approx(0.6)
+    assert f["post3_over_average"][2] == pytest.approx(1.4)
+    assert f["pre4_over_average"][7] == pytest.approx(0.6)
+    # the first beat's earlier intervals and the last beat's later ones borrow the nearest
+    assert f["pre4_over_average"][0] == pytest.approx(1.0)
+    assert f["post4_over_average"][8] == pytest.approx(1.0)
+    assert f["post2_over_average"][7] == pytest.approx(1.0)
+
+
 def test_rr_features_of_a_single_beat_are_nan():
     assert np.isnan(rr_features(np.array([5]), 100.0)["pre_rr"]).all()
