@@ -221,6 +221,12 @@ class TrainConfig:
     0.5 (sqrt_inverse) or ``class_weight_power`` (power)."""
     class_weight_power: float = 0.75
     """The exponent with ``class_weights: power``; ignored otherwise."""
+    weight_rhythms: tuple[str, ...] = ()
+    """Reference rhythms (MIT-BIH names without the '(': AFIB, AFL, ...) whose N beats count as a
+    class of their own when ``class_weights`` are computed. In atrial fibrillation most N beats
+    come early, as S beats do, and they are few among the training patients' N beats; weighted
+    as ordinary N beats they are outweighed by the S weight. Training only: the model never sees
+    the rhythm, and the ``balanced`` sampler still draws by class."""
     loss: Literal["cross_entropy", "focal"] = "cross_entropy"
     """focal: cross-entropy scaled by (1 - p)^focal_gamma, so well-classified beats count less."""
     focal_gamma: float = 2.0
@@ -250,6 +256,11 @@ class TrainConfig:
         _check(self.patience >= 1, "patience", "one or more epochs")
         _check(self.focal_gamma >= 0, "focal_gamma", "zero (plain cross-entropy) or more")
         _check(self.class_weight_power > 0, "class_weight_power", "a positive exponent")
+        _check(
+            not self.weight_rhythms or self.class_weights != "none",
+            "weight_rhythms",
+            "class weights to act on (class_weights is none)",
+        )
         _check(0 < self.lr_factor < 1, "lr_factor", "a factor in (0, 1)")
         _check(self.clip_grad_norm >= 0, "clip_grad_norm", "zero (off) or a positive norm")
 

@@ -67,6 +67,27 @@ def aami_labels(symbols: Sequence[str]) -> tuple[np.ndarray, Counter, Counter]:
     return classes, non_beat, unknown
 
 
+def rhythm_of_beats(
+    samples: np.ndarray, symbols: Sequence[str], notes: Sequence[str], beats: np.ndarray
+) -> np.ndarray:
+    """The reference rhythm in effect at each beat: 'N', 'AFIB', 'AFL', 'B', ... ('' before the
+    record's first rhythm annotation, or in a record without any).
+
+    MIT-BIH marks a change of rhythm with a '+' annotation whose note names the new rhythm, e.g.
+    '(AFIB'; it holds until the next one. Training can use it (``train.weight_rhythms``); the
+    model never sees it.
+    """
+    change = np.array([s == "+" for s in symbols], dtype=bool)
+    if not change.any():
+        return np.full(len(beats), "", dtype=object)
+    names = np.array(
+        [n.strip("\x00 ").removeprefix("(") for n, c in zip(notes, change, strict=True) if c],
+        dtype=object,
+    )
+    position = np.searchsorted(np.asarray(samples)[change], beats, side="right") - 1
+    return np.where(position >= 0, names[np.maximum(position, 0)], "").astype(object)
+
+
 def ptb_label(diagnosis: str | None, task: str) -> str | None:
     """Class of a PTB record under ``task``; None when the record takes no part in it."""
     if diagnosis is None:

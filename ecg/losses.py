@@ -25,16 +25,26 @@ class FocalLoss(nn.Module):
         self.gamma = gamma
         self.register_buffer("weight", weight)
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, logits: torch.Tensor, target: torch.Tensor, group: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``group``: which of ``weight`` each piece takes, where weights are per group of
+        pieces rather than per class (``train.weight_rhythms``); the target class by default."""
         log_p = functional.log_softmax(logits, dim=1).gather(1, target[:, None])[:, 0]
         loss = -((1 - log_p.exp()) ** self.gamma) * log_p
         if self.weight is None:
             return loss.mean()
-        w = self.weight[target]
+        w = self.weight[target if group is None else group]
         return (w * loss).sum() / w.sum()
 
 
-def make_loss(kind: str, gamma: float, weight: torch.Tensor | None) -> nn.Module:
+def make_loss(
+    kind: str, gamma: float, weight: torch.Tensor | None, grouped: bool = False
+) -> nn.Module:
+    """``grouped``: the loss takes a third argument, the weight group of each piece. Plain
+    cross-entropy is then the focal loss with gamma 0; without groups torch's own is kept."""
     if kind == "focal":
         return FocalLoss(gamma, weight)
+    if grouped:
+        return FocalLoss(0.0, weight)
     return nn.CrossEntropyLoss(weight=weight)

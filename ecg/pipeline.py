@@ -66,6 +66,7 @@ STAGES: tuple[Stage, ...] = (
             "train.momentum",
             "train.class_weights",
             "train.class_weight_power",
+            "train.weight_rhythms",
             "train.loss",
             "train.focal_gamma",
             "train.sampler",

@@ -6,7 +6,8 @@ windows, and label them. Outputs, all in the stage folder:
 
     windows.npy    float32 (pieces, time, leads), memory-mappable
     index.parquet  one row per piece: record, patient, sample (at the record's own rate), label,
-                   label_id, and symbol and RR features for beats, diagnosis for PTB
+                   label_id, and symbol, reference rhythm and RR features for beats,
+                   diagnosis for PTB
     records.csv    one row per record: used or dropped and why, beats kept and dropped at edges,
                    lead problems, non-beat and unknown annotation symbols
     meta.json      rate, leads, classes, window length, feature names, counts
@@ -110,12 +111,13 @@ def process_record(job: RecordJob) -> RecordResult:
     if seg.kind == "windows":
         return _windows(job, report, y, raw.fs, fs_new, label)
     if seg.r_peaks == "reference":
-        samples, symbols = wfdb_io.read_annotations(path, "atr")
+        samples, symbols, notes = wfdb_io.read_annotation_notes(path, "atr")
         classes, non_beat, unknown = labels.aami_labels(symbols)
         report.non_beat_annotations = dict(non_beat)
         report.unknown_symbols = dict(unknown)
         is_beat = classes != ""
         r, classes = samples[is_beat], classes[is_beat]
+        rhythms = labels.rhythm_of_beats(samples, symbols, notes, r)
         symbols = np.asarray(symbols, dtype=object)[is_beat]
     else:
         (lead,) = wfdb_io.lead_indices(raw.lead_names, [seg.detector_lead], str(path))
@@ -123,7 +125,8 @@ def process_record(job: RecordJob) -> RecordResult:
         r = np.rint(found * (raw.fs / fs_new)).astype(np.int64)
         classes = np.full(len(r), label)
         symbols = np.full(len(r), "", dtype=object)
-    return _beats(job, report, y, raw.fs, fs_new, r, classes, symbols)
+        rhythms = np.full(len(r), "", dtype=object)
+    return _beats(job, report, y, raw.fs, fs_new, r, classes, symbols, rhythms)
 
 
 def cut_beats(
@@ -147,11 +150,18 @@ def cut_windows(y: np.ndarray, fs_new: float, seg: SegmentConfig):
     return segment.sliding_windows(y, length, stride)
 
 
-def _beats(job, report, y, fs, fs_new, r, classes, symbols) -> RecordResult:
+def _beats(job, report, y, fs, fs_new, r, classes, symbols, rhythms) -> RecordResult:
     windows, keep, rr = cut_beats(y, fs, fs_new, r, job.segment)
     report.dropped_at_edges = int((~keep).sum())
     report.dropped_at_edges_by_class = dict(Counter(classes[~keep].tolist()))
-    table = pd.DataFrame({"sample": r[keep], "label": classes[keep], "symbol": symbols[keep]})
+    table = pd.DataFrame(
+        {
+            "sample": r[keep],
+            "label": classes[keep],
+            "symbol": symbols[keep],
+            "rhythm": rhythms[keep],
+        }
+    )
     for name, values in rr.items():  # every RR feature segment.rr_features made, optional ones too
         table[name] = values[keep].astype(np.float32)
     if report.diagnosis is not None:

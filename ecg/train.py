@@ -106,6 +106,26 @@ def class_weights(
     return (weights / weights.mean()).float()
 
 
+def weight_groups(
+    train: Side, index: pd.DataFrame, classes: list[str], rhythms: tuple[str, ...]
+) -> torch.Tensor | None:
+    """Each training piece's class index, except N beats in one of ``rhythms``, which form one
+    more group (index ``len(classes)``) for the class weights; None without ``rhythms``."""
+    if not rhythms:
+        return None
+    if "rhythm" not in index.columns:
+        raise EcgError(
+            "train.weight_rhythms: the dataset has no reference rhythms "
+            "(they come from MIT-BIH style .atr annotations, segment.r_peaks: reference)"
+        )
+    if "N" not in classes:
+        raise EcgError(f"train.weight_rhythms: acts on N beats, and N is not among {classes}")
+    in_rhythm = torch.from_numpy(index.loc[train.rows, "rhythm"].isin(rhythms).to_numpy(copy=True))
+    groups = train.y.clone()
+    groups[in_rhythm & (train.y == classes.index("N"))] = len(classes)
+    return groups
+
+
 # ----------------------------------------------------------------------------- the loop
 
 
@@ -183,9 +203,11 @@ def fit(
     augmentation: AugmentConfig | None = None,
     fs: float = 128.0,
     paired: bool = False,
+    groups: torch.Tensor | None = None,
 ) -> FitState:
     """Train ``model`` and return the state holding the weights of its best validation epoch;
-    with no ``val``, train all ``cfg.epochs`` at a constant learning rate and keep the last."""
+    with no ``val``, train all ``cfg.epochs`` at a constant learning rate and keep the last.
+    ``groups`` (from ``weight_groups``) weight the loss by group instead of by class."""
     rank, world = distributed()
     model.to(device)
     normalizer.to(device)
@@ -194,8 +216,18 @@ def fit(
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    weights = class_weights(train.y, len(classes), cfg.class_weights, cfg.class_weight_power)
-    loss_fn = make_loss(cfg.loss, cfg.focal_gamma, None if weights is None else weights.to(device))
+    weights = class_weights(
+        train.y if groups is None else groups,
+        len(classes) + (groups is not None),
+        cfg.class_weights,
+        cfg.class_weight_power,
+    )
+    loss_fn = make_loss(
+        cfg.loss,
+        cfg.focal_gamma,
+        None if weights is None else weights.to(device),
+        grouped=groups is not None,
+    )
     optimizer = _optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="max", factor=cfg.lr_factor, patience=cfg.lr_patience
@@ -207,10 +239,11 @@ def fit(
         log.info("train: resuming after epoch %d from %s", state.epoch, checkpoint)
     on_device = device.type == "cuda"
     x_all, y_all = train.x, train.y
-    rr_all = train.rr
+    rr_all, groups_all = train.rr, groups
     if on_device:  # the whole side fits in device memory: one copy, no per-batch transfers
         x_all, y_all = x_all.to(device), y_all.to(device)
         rr_all = None if rr_all is None else rr_all.to(device)
+        groups_all = None if groups_all is None else groups_all.to(device)
     while state.epoch < cfg.epochs and (val is None or state.bad_epochs < cfg.patience):
         epoch = state.epoch + 1
         started = time.perf_counter()
@@ -237,7 +270,10 @@ def fit(
             x, rr = normalizer(x, rr)
             # fp32 on GPUs too: under bf16 autocast these small LSTMs trained 19-34 % slower on
             # an H200 (benchmarks/train_speed.py --autocast), for less precision
-            loss = loss_fn(net(x, rr), y)
+            if groups_all is None:
+                loss = loss_fn(net(x, rr), y)
+            else:
+                loss = loss_fn(net(x, rr), y, groups_all[idx].to(device, non_blocking=True))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.clip_grad_norm:
@@ -579,6 +615,14 @@ def train_members(
     train = data.sides["train"]
     single = {**to_dict(mcfg), "ensemble": 1}
     normalizer = fit_normalizer(train, mcfg.input_norm == "window")
+    groups = weight_groups(train, data.index, data.classes, cfg.weight_rhythms)
+    if groups is not None:
+        log.info(
+            "train%s: %s N beats in %s weighted as a class of their own",
+            where,
+            f"{int((groups == len(data.classes)).sum()):,}",
+            "/".join(cfg.weight_rhythms),
+        )
     members, states = [], []
     for member in range(mcfg.ensemble):
         if mcfg.ensemble > 1:
@@ -605,6 +649,7 @@ def train_members(
                 augmentation=config.augment if config.augment.active else None,
                 fs=config.signal.fs,
                 paired=config.segment.beat_template,
+                groups=groups,
             )
         )
         members.append(model.cpu())

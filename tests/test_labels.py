@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import wfdb
 
 from ecg.databases.subjects import patient_of, ptb_diagnosis
-from ecg.labels import AAMI_EC57, aami_labels, ptb_label
+from ecg.labels import AAMI_EC57, aami_labels, ptb_label, rhythm_of_beats
 
 # Every beat annotation code that occurs in the 48 MIT-BIH records (PhysioNet's mitdb directory).
 MITDB_BEAT_SYMBOLS = ["N", "L", "R", "e", "j", "A", "a", "J", "S", "V", "E", "F", "/", "f", "Q"]
@@ -60,3 +61,16 @@ def test_ptb_tasks():
 def test_records_201_and_202_are_one_patient():
     assert patient_of("mitdb", "201") == patient_of("mitdb", "202")
     assert patient_of("mitdb", "100") != patient_of("mitdb", "101")
+
+
+def test_each_beat_takes_the_rhythm_of_the_last_change_before_it():
+    samples = np.array([0, 5, 10, 20, 30, 40])
+    symbols = ["+", "N", "+", "A", "N", "+"]
+    notes = ["(N\x00", "", "(AFIB", "", "", "(AFL"]
+    beats = np.array([5, 10, 20, 30, 45])
+    assert rhythm_of_beats(samples, symbols, notes, beats).tolist() == [
+        "N", "AFIB", "AFIB", "AFIB", "AFL",
+    ]  # fmt: skip
+    late = rhythm_of_beats(samples[2:], symbols[2:], notes[2:], np.array([3, 15]))
+    assert late.tolist() == ["", "AFIB"]  # before the record's first rhythm annotation
+    assert rhythm_of_beats(samples[1:2], ["N"], [""], np.array([5])).tolist() == [""]

@@ -57,6 +57,13 @@ def test_mitdb_beats_match_the_reference_annotations(tmp_path, fixtures, capsys)
         assert all(kept[s] == c for s, c in zip(mine["sample"], mine["label"], strict=True))
         expected_total += len(beats)
     assert len(index) + int(records["dropped_at_edges"].sum()) == expected_total
+    # 201's excerpt starts without a rhythm annotation, then holds a run of supraventricular
+    # tachyarrhythmia (from sample 41,386) and a return to sinus rhythm (41,986)
+    mine = index[index["record"] == "201"]
+    rhythm = mine["rhythm"].to_numpy()
+    assert (rhythm[mine["sample"] < 41386] == "").all()
+    assert (rhythm[(mine["sample"] >= 41386) & (mine["sample"] < 41986)] == "SVTA").sum() == 3
+    assert (rhythm[mine["sample"] >= 41986] == "N").all()
 
     split = pd.read_parquet(out / "split" / "split.parquet")
     sides = dict(zip(index["record"], split["split_0"], strict=True))

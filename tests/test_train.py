@@ -8,6 +8,7 @@ import signal
 import socket
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.distributed as dist
@@ -15,10 +16,18 @@ import torch.multiprocessing as mp
 
 from ecg.config import TrainConfig
 from ecg.dataset import Side
+from ecg.errors import EcgError
 from ecg.losses import FocalLoss
 from ecg.model import BiLSTMClassifier, PackagedClassifier, pack
 from ecg.pipeline import STAGES
-from ecg.train import class_weights, fit, fit_normalizer, predict_proba, seed_everything
+from ecg.train import (
+    class_weights,
+    fit,
+    fit_normalizer,
+    predict_proba,
+    seed_everything,
+    weight_groups,
+)
 
 CFG = TrainConfig(epochs=4, batch_size=64, lr=0.01, patience=10, threads=0)
 
@@ -405,3 +414,61 @@ def test_class_weights_are_inverse_counts_to_a_power():
     power = class_weights(y, 2, "power", 0.75)
     assert power[1] / power[0] == pytest.approx(9.0**0.75)
     assert class_weights(y, 2, "none") is None
+
+
+def test_grouped_focal_loss_with_gamma_zero_weights_each_piece_by_its_group():
+    logits = torch.randn(6, 2, generator=torch.Generator().manual_seed(0))
+    target = torch.tensor([0, 0, 0, 0, 1, 1])
+    weight = torch.tensor([1.0, 4.0, 10.0])  # class 0, class 1, class 0 in a rhythm
+    assert torch.allclose(
+        FocalLoss(0.0, weight)(logits, target, target),
+        torch.nn.CrossEntropyLoss(weight=weight[:2])(logits, target),
+    )
+    group = torch.tensor([0, 0, 2, 2, 1, 1])
+    per_piece = torch.nn.functional.cross_entropy(logits, target, reduction="none")
+    w = weight[group]
+    assert torch.allclose(
+        FocalLoss(0.0, weight)(logits, target, group), (w * per_piece).sum() / w.sum()
+    )
+
+
+def test_n_beats_in_a_weighted_rhythm_form_a_group_of_their_own():
+    side = Side(torch.zeros(6, 90, 1), None, torch.tensor([0, 0, 0, 1, 1, 0]), np.arange(6) + 10)
+    index = pd.DataFrame(
+        {"rhythm": ["N", "AFIB", "AFL", "AFIB", "N", "B"]}, index=np.arange(6) + 10
+    )
+    groups = weight_groups(side, index, ["N", "S"], ("AFIB", "AFL"))
+    assert groups.tolist() == [0, 2, 2, 1, 1, 0]  # an S beat in AFIB stays S
+    weights = class_weights(groups, 3, "inverse")
+    assert weights[2] / weights[0] == pytest.approx(1.0)  # two N beats in either group
+    assert weight_groups(side, index, ["N", "S"], ()) is None
+    with pytest.raises(EcgError, match="no reference rhythms"):
+        weight_groups(side, index.drop(columns="rhythm"), ["N", "S"], ("AFIB",))
+    with pytest.raises(EcgError, match="N is not among"):
+        weight_groups(side, index, ["S", "V"], ("AFIB",))
+
+
+def test_weight_groups_that_are_the_classes_train_exactly_as_class_weights_do():
+    cfg = dataclasses.replace(CFG, class_weights="inverse")
+    histories = []
+    for grouped in (False, True):
+        seed_everything(0)
+        train, val = toy_side(512, 1), toy_side(256, 2)
+        model, normalizer = _model(), fit_normalizer(train, per_window=False)
+        groups = train.y.clone() if grouped else None
+        state = fit(
+            model, normalizer, train, val, ["a", "b"], cfg, torch.device("cpu"), progress=False,
+            groups=groups,
+        )  # fmt: skip
+        histories.append([h["train_loss"] for h in state.history])
+    assert histories[0] == pytest.approx(histories[1], rel=1e-5)
+    seed_everything(0)
+    train, val = toy_side(512, 1), toy_side(256, 2)
+    groups = train.y.clone()
+    groups[:128][train.y[:128] == 0] = 2  # a quarter of the pieces' class-0 beats as a third group
+    model, normalizer = _model(), fit_normalizer(train, per_window=False)
+    state = fit(
+        model, normalizer, train, val, ["a", "b"], cfg, torch.device("cpu"), progress=False,
+        groups=groups,
+    )  # fmt: skip
+    assert state.best_f1 > 0.9

@@ -165,11 +165,20 @@ def read_signals(record_path: Path, leads: Sequence[str]) -> Signals:
 
 def read_annotations(record_path: Path, extension: str) -> tuple[np.ndarray, list[str]]:
     """Reference annotations: sample indices (at the record's rate) and their symbols."""
+    samples, symbols, _ = read_annotation_notes(record_path, extension)
+    return samples, symbols
+
+
+def read_annotation_notes(
+    record_path: Path, extension: str
+) -> tuple[np.ndarray, list[str], list[str]]:
+    """Reference annotations with their auxiliary notes (where MIT-BIH names each rhythm)."""
     try:
         ann = wfdb.rdann(str(record_path), extension)
     except Exception as exc:
         raise EcgError(f"{record_path}.{extension}: cannot read annotations: {exc}") from None
-    return np.asarray(ann.sample, dtype=np.int64), list(ann.symbol)
+    notes = [note or "" for note in (ann.aux_note or [""] * len(ann.sample))]
+    return np.asarray(ann.sample, dtype=np.int64), list(ann.symbol), notes
 
 
 def detect_r_peaks(x: np.ndarray, fs: float, detector: str) -> np.ndarray:
