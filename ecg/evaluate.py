@@ -1,8 +1,9 @@
 """The evaluate stage: the test side, read once, scored with intervals by patient.
 
 Writes ``metrics.json`` and ``predictions.csv`` (one row per test piece: record, sample index at
-the record's own sampling rate, true and predicted class, class probabilities, so anyone can
-re-score a run against the ``.atr`` files with their own script) to the stage folder and to
+the record's own sampling rate, the reference rhythm for annotated beats, true and predicted
+class, class probabilities, so anyone can re-score a run against the ``.atr`` files with their
+own script) to the stage folder and to
 ``reports/<pipeline>/<run_id>/``, and logs them, with the test metrics, to the run the model was
 trained in.
 """
@@ -247,6 +248,7 @@ def _prediction_table(index, rows, y_true, proba, classes, fold) -> pd.DataFrame
             "record": index.loc[rows, "record"].to_numpy(),
             "patient": index.loc[rows, "patient"].to_numpy(),
             "sample": index.loc[rows, "sample"].to_numpy(),
+            **({"rhythm": index.loc[rows, "rhythm"].to_numpy()} if "rhythm" in index else {}),
             "true": np.asarray(classes, dtype=object)[y_true],
             "predicted": np.asarray(classes, dtype=object)[y_pred],
             "true_id": y_true,

@@ -67,6 +67,27 @@ def aami_labels(symbols: Sequence[str]) -> tuple[np.ndarray, Counter, Counter]:
     return classes, non_beat, unknown
 
 
+# The rhythm names of MIT-BIH's '+' annotations (PhysioNet's MIT-BIH Arrhythmia Database
+# directory), for reports.
+MITDB_RHYTHMS = {
+    "AB": "atrial bigeminy",
+    "AFIB": "atrial fibrillation",
+    "AFL": "atrial flutter",
+    "B": "ventricular bigeminy",
+    "BII": "2° heart block",
+    "IVR": "idioventricular rhythm",
+    "N": "normal sinus rhythm",
+    "NOD": "nodal (A-V junctional) rhythm",
+    "P": "paced rhythm",
+    "PREX": "pre-excitation (WPW)",
+    "SBR": "sinus bradycardia",
+    "SVTA": "supraventricular tachyarrhythmia",
+    "T": "ventricular trigeminy",
+    "VFL": "ventricular flutter",
+    "VT": "ventricular tachycardia",
+}
+
+
 def rhythm_of_beats(
     samples: np.ndarray, symbols: Sequence[str], notes: Sequence[str], beats: np.ndarray
 ) -> np.ndarray:

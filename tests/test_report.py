@@ -7,6 +7,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from ecg.cli import main
@@ -183,3 +184,17 @@ evaluate: {{bootstrap: 50}}
     assert "## Per patient" in text
     assert "**this run** (patient level) | patient-wise 2-fold cross-validation, 4 patients" in text
     assert parent["status"] == "FINISHED"
+
+
+def test_test_beats_are_also_reported_by_their_reference_rhythm(two_runs):
+    root, _, first, _ = two_runs
+    folder = root / "reports" / "smoke" / first
+    predictions = pd.read_csv(folder / "predictions.csv", keep_default_na=False)
+    counts = predictions["rhythm"].replace("", "(none)").value_counts()
+    assert "N" in counts
+    text = (folder / "report.md").read_text()
+    section = text.split("## Per reference rhythm", 1)[1].split("\n## ", 1)[0]
+    for rhythm, n in counts.items():
+        row = re.search(rf"^\| {re.escape(rhythm)}( \([^)]*\))? \| ([\d,]+) \|", section, re.M)
+        assert row and int(row.group(2).replace(",", "")) == n, rhythm
+    assert "| N (normal sinus rhythm) |" in section

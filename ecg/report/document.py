@@ -16,6 +16,7 @@ import pandas as pd
 import yaml
 
 from ecg import plots
+from ecg.labels import MITDB_RHYTHMS
 from ecg.report.collect import RunData
 
 KNOWN_FLAWS = {
@@ -100,6 +101,7 @@ def build(run: RunData, figures: Path, compare: list[RunData] = ()) -> Document:
     if "levels" in run.metrics:
         _levels(doc, run)
     _per_unit(doc, run, figures, "patient" if database == "ptbdb" else "record")
+    _per_rhythm(doc, run)
     _examples(doc, run, figures)
     _published(doc, run, database)
     if compare:
@@ -364,37 +366,70 @@ def _levels(doc: Document, run: RunData) -> None:
     doc.add(Table(["level", "fold", "accuracy", "Se", "Sp", "F1"], fold_rows, "each fold alone"))
 
 
-def _per_unit(doc: Document, run: RunData, figures: Path, unit: str) -> None:
-    p = run.predictions
-    rows, names, accuracy, sizes = [], [], [], []
-    for name, part in p.groupby(unit, sort=True):
+def _confusion_rows(
+    p: pd.DataFrame, by: str, classes: list[str]
+) -> list[tuple[float, int, list[str]]]:
+    """(accuracy, size, table row) of each group of ``p``; the row holds its name, size,
+    accuracy, true classes and most frequent confusions."""
+    rows = []
+    for name, part in p.groupby(by, sort=True):
         wrong = part[part["true"] != part["predicted"]]
         pairs = (wrong["true"] + "→" + wrong["predicted"]).value_counts()
         acc = float((part["true"] == part["predicted"]).mean())
         truth = part["true"].value_counts()
-        names.append(str(name))
-        accuracy.append(acc)
-        sizes.append(len(part))
         rows.append(
             (
                 acc,
+                len(part),
                 [
                     str(name),
                     count(len(part)),
                     pct(acc),
-                    " ".join(f"{c} {truth.get(c, 0):,}" for c in run.classes),
+                    " ".join(f"{c} {truth.get(c, 0):,}" for c in classes),
                     ", ".join(f"{k} {v:,}" for k, v in pairs.head(3).items()) or "—",
                 ],
             )
         )
+    return rows
+
+
+def _per_unit(doc: Document, run: RunData, figures: Path, unit: str) -> None:
+    rows = _confusion_rows(run.predictions, unit, run.classes)
+    names = [row[0] for _, _, row in rows]
+    accuracy = [acc for acc, _, _ in rows]
+    sizes = [n for _, n, _ in rows]
     path = plots.per_record_png(names, accuracy, sizes, figures / f"per_{unit}.png", unit)
     doc.add(
         Heading(2, f"Per {unit}"),
         Image(path, f"accuracy per {unit}"),
         Table(
             [unit, "n", "accuracy", "true classes", "most frequent confusions"],
-            [r for _, r in sorted(rows, key=lambda item: item[0])],
+            [r for _, _, r in sorted(rows, key=lambda item: item[0])],
             f"sorted from the worst {unit}",
+        ),
+    )
+
+
+def _per_rhythm(doc: Document, run: RunData) -> None:
+    """Test beats by the reference rhythm they fall in: where false S beats come from is often
+    a rhythm (atrial fibrillation), not a record."""
+    p = run.predictions
+    if "rhythm" not in p.columns or p["rhythm"].isna().all():
+        return
+    p = p.assign(rhythm=p["rhythm"].fillna("(none)"))
+    rows = _confusion_rows(p, "rhythm", run.classes)
+    for _, _, row in rows:
+        row[0] = f"{row[0]} ({MITDB_RHYTHMS[row[0]]})" if row[0] in MITDB_RHYTHMS else row[0]
+    doc.add(
+        Heading(2, "Per reference rhythm"),
+        Paragraph(
+            "Each test beat under the rhythm annotation in effect at it (the model never sees "
+            "the rhythm)."
+        ),
+        Table(
+            ["rhythm", "n", "accuracy", "true classes", "most frequent confusions"],
+            [r for _, _, r in sorted(rows, key=lambda item: item[0])],
+            "sorted from the worst rhythm",
         ),
     )
 
