@@ -77,7 +77,7 @@ MITDB_RHYTHMS = {
     "BII": "2° heart block",
     "IVR": "idioventricular rhythm",
     "N": "normal sinus rhythm",
-    "NOD": "nodal (A-V junctional) rhythm",
+    "NOD": "nodal, A-V junctional rhythm",
     "P": "paced rhythm",
     "PREX": "pre-excitation (WPW)",
     "SBR": "sinus bradycardia",
