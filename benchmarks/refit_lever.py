@@ -3,6 +3,8 @@
     python benchmarks/refit_lever.py mitdb --refit-steps 5 7 7 5 7 --lever augment.scale=0.2 ...
     python benchmarks/refit_lever.py mitdb --refit-steps 5 7 7 5 7 --lever-steps 4 4 5 4 4 \
         --lever model.hidden=128 --device cuda
+    python benchmarks/refit_lever.py mitdb --refit-steps 5 7 7 5 7 \
+        --lever augment.scale=0.2 --lever train.lr=0.001
 
 The default trains without validation patients, so it has no validation score to rank levers by
 (``quality_levers.py`` needs one). Here, for each outer split k (split seed k; its validation side
@@ -11,7 +13,9 @@ trained on DS1 minus V_k for the step count given for k (from ``refit_steps.py``
 sides' pooled curves, so V_k chose nothing) and scored on V_k, through the pipeline's own
 ``train_members``. A lever that changes how fast the model learns deserves its own step counts
 (``--lever-steps``, from ``refit_steps.py --set ...`` the same way); without them the lever arm
-uses the default's. DS2 is never read.
+uses the default's. Each ``--lever`` is one arm (its overrides together); several arms share one
+training of the default per split, which on two CPU cores is half of a one-lever round. DS2 is
+never read.
 """
 
 from __future__ import annotations
@@ -39,7 +43,15 @@ def main() -> None:
     parser.add_argument(
         "--lever-steps", type=int, nargs="+", help="the lever arm's own, one per --outer split"
     )
-    parser.add_argument("--lever", nargs="+", required=True, metavar="KEY=VALUE")
+    parser.add_argument(
+        "--lever",
+        dest="levers",
+        nargs="+",
+        action="append",
+        required=True,
+        metavar="KEY=VALUE",
+        help="one arm's overrides; repeat for more arms",
+    )
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--folds", type=int, default=5, help="split seeds that make up DS1")
     parser.add_argument("--out", type=Path, help="append each outer split as one JSON line")
@@ -48,13 +60,24 @@ def main() -> None:
     for name, counts in (("--refit-steps", args.refit_steps), ("--lever-steps", lever_steps)):
         if len(counts) != len(args.outer):
             parser.error(f"{name}: {len(counts)} counts for {len(args.outer)} splits")
+    if args.lever_steps and len(args.levers) > 1:
+        parser.error("--lever-steps: for one --lever only (each lever would need its own)")
     path = find_pipeline(args.pipeline)
-    arms = {"default": load_config(path), "lever": load_config(path, args.lever)}
+    names = (
+        ["lever"]
+        if len(args.levers) == 1
+        else [f"lever {i}" for i in range(1, 1 + len(args.levers))]
+    )
+    arms = {"default": load_config(path)}
+    arms.update(
+        {name: load_config(path, lever) for name, lever in zip(names, args.levers, strict=True)}
+    )
     torch.set_num_threads(arms["default"].train.threads or 2)
     device = select_device(args.device)
     preprocess = engine_for(arms["default"]).out_dir("preprocess")
-    if engine_for(arms["lever"]).out_dir("preprocess") != preprocess:
-        parser.error("the lever changes the dataset; this compares training on one dataset")
+    for name in names:
+        if engine_for(arms[name]).out_dir("preprocess") != preprocess:
+            parser.error(f"{name} changes the dataset; this compares training on one dataset")
     _, index, _ = load_pieces(preprocess)
     seeds = list(range(args.folds))
     ds1, val = sides_of(index, arms["default"], seeds)
@@ -65,25 +88,23 @@ def main() -> None:
                 "outer": k,
                 "steps": steps,
                 "lever_steps": own,
-                "overrides": args.lever,
+                "overrides": args.levers[0] if len(names) == 1 else args.levers,
                 "device": str(device),
             }
             for name, config in arms.items():
-                folder = Path(scratch) / f"{k}_{name}"
+                folder = Path(scratch) / f"{k}_{name.replace(' ', '_')}"
                 count = steps if name == "default" else own
                 row[name] = refit(config, count, preprocess, folder, ds1 & ~val[k], val[k], device)
             rows.append(row)
-            print(
-                f"outer {k} ({steps} / {own} steps): default {row['default']:.4f}, "
-                f"lever {row['lever']:.4f}",
-                flush=True,
-            )
+            scores = ", ".join(f"{name} {row[name]:.4f}" for name in arms)
+            print(f"outer {k} ({steps} / {own} steps): {scores}", flush=True)
             append_line(args.out, row)
     means = {name: statistics.mean(r[name] for r in rows) for name in arms}
-    print(
-        f"mean: default {means['default']:.4f}, lever {means['lever']:.4f} "
-        f"(lever - default {means['lever'] - means['default']:+.4f})"
-    )
+    gains = ", ".join(f"{name} - default {means[name] - means['default']:+.4f}" for name in names)
+    print(f"mean: {', '.join(f'{name} {means[name]:.4f}' for name in arms)} ({gains})")
+    if len(names) > 1:
+        for name, lever in zip(names, args.levers, strict=True):
+            print(f"{name}: {' '.join(lever)}")
 
 
 if __name__ == "__main__":
