@@ -3,7 +3,7 @@
     ecg run mitdb --until split                 # once, so the dataset is built
     python benchmarks/train_speed.py mitdb --device cpu --repeats 5
     python benchmarks/train_speed.py mitdb --set model.ensemble=1   # one member alone
-    python benchmarks/train_speed.py mitdb --device cuda --autocast  # bf16 mixed precision
+    python benchmarks/train_speed.py mitdb --set train.precision=bf16  # bf16 autocast
 
 ``--set`` takes the same overrides as ``ecg run``; one that changes the data (signal, segment,
 split) needs ``ecg run mitdb --until split`` with the same ``--set`` first.
@@ -16,8 +16,6 @@ side; inference: beats/s of the packaged model (normalisation + BiLSTM + softmax
 from __future__ import annotations
 
 import argparse
-import contextlib
-import functools
 import resource
 import statistics
 import time
@@ -28,7 +26,7 @@ from ecg.config import find_pipeline, load_config, to_dict
 from ecg.dataset import load_fold
 from ecg.model import PackagedClassifier, build_model, pack
 from ecg.pipeline import engine_for
-from ecg.train import class_weights, fit_normalizer, select_device
+from ecg.train import class_weights, fit_normalizer, select_device, training_precision
 
 
 def main() -> None:
@@ -39,12 +37,6 @@ def main() -> None:
     parser.add_argument("--train-batches", type=int, default=40)
     parser.add_argument("--infer-beats", type=int, default=20480)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument(
-        "--autocast",
-        action="store_true",
-        help="train under bf16 autocast (the train stage trains in fp32: on an H200 autocast was "
-        "slower for these models)",
-    )
     args = parser.parse_args()
     config = load_config(find_pipeline(args.pipeline), args.overrides)
     engine = engine_for(config)
@@ -72,9 +64,6 @@ def main() -> None:
     x_all = train.x.to(device)
     rr_all = None if train.rr is None else train.rr.to(device)
     y_all = train.y.to(device)
-    precision = contextlib.nullcontext
-    if args.autocast:
-        precision = functools.partial(torch.autocast, device.type, dtype=torch.bfloat16)
 
     def train_pass() -> float:
         model.train()
@@ -84,8 +73,9 @@ def main() -> None:
         for start in range(0, len(order), bs):
             idx = order[start : start + bs]
             x, rr = normalizer(x_all[idx], None if rr_all is None else rr_all[idx])
-            with precision():
-                loss = loss_fn(model(x, rr).float(), y_all[idx])
+            with training_precision(tcfg.precision, device):
+                logits = model(x, rr).float()
+            loss = loss_fn(logits, y_all[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -117,7 +107,7 @@ def main() -> None:
         f"{args.pipeline}: {mcfg.ensemble} x BiLSTM hidden {mcfg.hidden}, {mcfg.layers} layers, "
         f"pooling {mcfg.pooling}, {data.n_leads} lead(s) x {train.x.shape[1]} samples, {n_rr} RR "
         f"features, batch {bs}; device {device} ({torch.get_num_threads()} CPU threads), "
-        f"training {'under autocast' if args.autocast else 'in fp32'}"
+        f"training in {tcfg.precision}{' autocast' if tcfg.precision == 'bf16' else ''}"
     )
     print(
         f"  training:  median {statistics.median(train_rates):,.0f} beats/s "

@@ -221,6 +221,10 @@ class TrainConfig:
     0.5 (sqrt_inverse) or ``class_weight_power`` (power)."""
     class_weight_power: float = 0.75
     """The exponent with ``class_weights: power``; ignored otherwise."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """bf16: the training forward passes under bfloat16 autocast (weights, loss and evaluation
+    stay fp32). Faster on CPUs with bf16 units, slower on others and on an H200
+    (``benchmarks/train_speed.py``); it changes the trained model, so it is a param."""
     weight_rhythms: tuple[str, ...] = ()
     """Reference rhythms (MIT-BIH names without the '(': AFIB, AFL, ...) whose N beats count as a
     class of their own when ``class_weights`` are computed. In atrial fibrillation most N beats

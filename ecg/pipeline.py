@@ -67,6 +67,7 @@ STAGES: tuple[Stage, ...] = (
             "train.class_weights",
             "train.class_weight_power",
             "train.weight_rhythms",
+            "train.precision",
             "train.loss",
             "train.focal_gamma",
             "train.sampler",

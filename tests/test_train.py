@@ -472,3 +472,11 @@ def test_weight_groups_that_are_the_classes_train_exactly_as_class_weights_do():
         groups=groups,
     )  # fmt: skip
     assert state.best_f1 > 0.9
+
+
+def test_bf16_training_still_learns_and_keeps_fp32_weights():
+    _, _, fp32 = _fit()
+    model, _, state = _fit(cfg=dataclasses.replace(CFG, precision="bf16"))
+    assert state.best_f1 > 0.95
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert [h["train_loss"] for h in state.history] != [h["train_loss"] for h in fp32.history]
