@@ -136,6 +136,14 @@ def weight_groups(
     in_rhythm = torch.from_numpy(index.loc[train.rows, "rhythm"].isin(rhythms).to_numpy(copy=True))
     groups = train.y.clone()
     groups[in_rhythm & (train.y == classes.index("N"))] = len(classes)
+    if not (groups == len(classes)).any():
+        present = sorted(set(index.loc[train.rows, "rhythm"]) - {""})
+        log.warning(
+            "train.weight_rhythms: no training N beat is in %s (the training beats' rhythms: %s); "
+            "the class weights are as without it",
+            "/".join(rhythms),
+            ", ".join(present) or "none annotated",
+        )
     return groups
 
 

@@ -432,7 +432,7 @@ def test_grouped_focal_loss_with_gamma_zero_weights_each_piece_by_its_group():
     )
 
 
-def test_n_beats_in_a_weighted_rhythm_form_a_group_of_their_own():
+def test_n_beats_in_a_weighted_rhythm_form_a_group_of_their_own(caplog):
     side = Side(torch.zeros(6, 90, 1), None, torch.tensor([0, 0, 0, 1, 1, 0]), np.arange(6) + 10)
     index = pd.DataFrame(
         {"rhythm": ["N", "AFIB", "AFL", "AFIB", "N", "B"]}, index=np.arange(6) + 10
@@ -442,6 +442,9 @@ def test_n_beats_in_a_weighted_rhythm_form_a_group_of_their_own():
     weights = class_weights(groups, 3, "inverse")
     assert weights[2] / weights[0] == pytest.approx(1.0)  # two N beats in either group
     assert weight_groups(side, index, ["N", "S"], ()) is None
+    with caplog.at_level("WARNING", logger="ecg"):
+        weight_groups(side, index, ["N", "S"], ("VT",))
+    assert "no training N beat is in VT" in caplog.text and "AFIB, AFL, B, N" in caplog.text
     with pytest.raises(EcgError, match="no reference rhythms"):
         weight_groups(side, index.drop(columns="rhythm"), ["N", "S"], ("AFIB",))
     with pytest.raises(EcgError, match="N is not among"):
