@@ -221,6 +221,10 @@ class TrainConfig:
     0.5 (sqrt_inverse) or ``class_weight_power`` (power)."""
     class_weight_power: float = 0.75
     """The exponent with ``class_weights: power``; ignored otherwise."""
+    average_epochs: int = 1
+    """Without validation patients: keep the mean of the weights after each of the last
+    ``average_epochs`` epochs instead of the last epoch's (stochastic weight averaging, Izmailov
+    et al. 2018, apt here because the learning rate is constant). 1: the last epoch's weights."""
     precision: Literal["fp32", "bf16"] = "fp32"
     """bf16: the training forward passes under bfloat16 autocast (weights, loss and evaluation
     stay fp32). Faster on CPUs with bf16 units, slower on others and on an H200
@@ -260,6 +264,11 @@ class TrainConfig:
         _check(self.patience >= 1, "patience", "one or more epochs")
         _check(self.focal_gamma >= 0, "focal_gamma", "zero (plain cross-entropy) or more")
         _check(self.class_weight_power > 0, "class_weight_power", "a positive exponent")
+        _check(
+            1 <= self.average_epochs <= self.epochs,
+            "average_epochs",
+            "between 1 (the last epoch) and train.epochs",
+        )
         _check(
             not self.weight_rhythms or self.class_weights != "none",
             "weight_rhythms",
@@ -377,6 +386,12 @@ class PipelineConfig:
             mitdb or self.split.protocol == "kfold",
             "split.protocol",
             "kfold: the de Chazal protocols are defined on MIT-BIH records",
+        )
+        _check(
+            self.train.average_epochs == 1 or self.split.val_fraction == 0,
+            "train.average_epochs",
+            "1 with validation patients (early stopping keeps the best epoch; averaging is for "
+            "split.val_fraction 0)",
         )
         _check(
             not self.augment.template_dropout or self.segment.beat_template,

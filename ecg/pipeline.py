@@ -68,6 +68,7 @@ STAGES: tuple[Stage, ...] = (
             "train.class_weight_power",
             "train.weight_rhythms",
             "train.precision",
+            "train.average_epochs",
             "train.loss",
             "train.focal_gamma",
             "train.sampler",

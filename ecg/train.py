@@ -107,6 +107,31 @@ def class_weights(
     return (weights / weights.mean()).float()
 
 
+def kept_weights(cfg: TrainConfig) -> str:
+    """What a run without validation patients keeps, in words."""
+    if cfg.average_epochs > 1:
+        return f"the mean of the last {cfg.average_epochs} epochs' weights kept"
+    return "the last kept"
+
+
+def running_mean(
+    mean: dict[str, torch.Tensor] | None, current: dict[str, torch.Tensor], n: int
+) -> dict[str, torch.Tensor]:
+    """The mean of ``n`` state dicts (``mean``) updated with one more, on the CPU.
+
+    Written here rather than with ``torch.optim.swa_utils.AveragedModel`` because the mean has to
+    live in ``FitState`` (it is checkpointed with it, so ``--resume`` continues it) and be a plain
+    state dict. Integer entries (BatchNorm's batch counter) take the current value.
+    """
+    current = {k: v.detach().cpu() for k, v in current.items()}
+    if mean is None or n == 0:
+        return {k: v.clone() for k, v in current.items()}
+    return {
+        k: mean[k] + (v - mean[k]) / (n + 1) if v.is_floating_point() else v.clone()
+        for k, v in current.items()
+    }
+
+
 def training_precision(precision: str, device: torch.device):
     """The context a training forward pass runs in: nothing for fp32, bf16 autocast for bf16.
 
@@ -318,6 +343,9 @@ def fit(
         state.history.append(vars(entry))
         if val is None:  # nothing to select on: the last epoch is the one kept
             state.best_f1, state.best_epoch = float("nan"), epoch
+            averaged = epoch - (cfg.epochs - cfg.average_epochs) - 1  # epochs in the mean so far
+            if cfg.average_epochs > 1 and averaged >= 0:
+                state.best_weights = running_mean(state.best_weights, model.state_dict(), averaged)
         else:
             f1 = 0.0 if math.isnan(entry.val_macro_f1) else entry.val_macro_f1
             scheduler.step(f1)
@@ -515,7 +543,7 @@ def _train_fold(ctx, fold, folds, device, tracker, run_id, parent) -> str:
         f"{len(train):,}",
         f"{len(val):,} validation pieces"
         if validated
-        else f"no validation pieces ({cfg.epochs} epochs at a constant rate, the last kept)",
+        else f"no validation pieces ({cfg.epochs} epochs at a constant rate, {kept_weights(cfg)})",
         "/".join(data.classes),
         device,
     )

@@ -25,6 +25,7 @@ from ecg.train import (
     fit,
     fit_normalizer,
     predict_proba,
+    running_mean,
     seed_everything,
     weight_groups,
 )
@@ -483,3 +484,33 @@ def test_bf16_training_still_learns_and_keeps_fp32_weights():
     assert state.best_f1 > 0.95
     assert all(p.dtype == torch.float32 for p in model.parameters())
     assert [h["train_loss"] for h in state.history] != [h["train_loss"] for h in fp32.history]
+
+
+def _fit_without_validation(cfg):
+    seed_everything(0)
+    train = toy_side(512, 1)
+    model = _model()
+    fit(model, fit_normalizer(train, per_window=False), train, None, ["a", "b"], cfg,
+        torch.device("cpu"), progress=False)  # fmt: skip
+    return model.state_dict()
+
+
+def test_averaged_epochs_keep_the_mean_of_the_last_epochs_weights():
+    cfg = dataclasses.replace(CFG, epochs=3)
+    second = _fit_without_validation(dataclasses.replace(cfg, epochs=2))
+    third = _fit_without_validation(cfg)
+    averaged = _fit_without_validation(dataclasses.replace(cfg, average_epochs=2))
+    for name, value in averaged.items():
+        torch.testing.assert_close(value, (second[name] + third[name]) / 2)
+        assert not torch.equal(value, third[name])
+
+
+def test_running_mean_of_state_dicts():
+    a = {"w": torch.tensor([1.0, 2.0]), "count": torch.tensor(3)}
+    b = {"w": torch.tensor([3.0, 6.0]), "count": torch.tensor(4)}
+    c = {"w": torch.tensor([5.0, 1.0]), "count": torch.tensor(5)}
+    mean = running_mean(None, a, 0)
+    mean = running_mean(mean, b, 1)
+    mean = running_mean(mean, c, 2)
+    torch.testing.assert_close(mean["w"], torch.tensor([3.0, 3.0]))
+    assert mean["count"].item() == 5  # an integer takes the latest value

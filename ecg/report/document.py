@@ -230,7 +230,9 @@ def _training(doc: Document, run: RunData, figures: Path) -> None:
                 f"(validation macro-F1 {f1s.max():.3f})"
             )
         else:
-            lines.append(f"{name}: {len(history)} epochs run, the last kept")
+            averaged = int(run.params.get("train.average_epochs", 1) or 1)
+            kept = "the last kept" if averaged == 1 else f"the mean of the last {averaged} kept"
+            lines.append(f"{name}: {len(history)} epochs run, {kept}")
     path = plots.training_curves_png(run.histories, best, figures / "training.png")
     sentences = ["; ".join(lines)]
     if any("member" in name for name in run.histories):
