@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -198,3 +199,6 @@ def test_test_beats_are_also_reported_by_their_reference_rhythm(two_runs):
         row = re.search(rf"^\| {re.escape(rhythm)}( \([^)]*\))? \| ([\d,]+) \|", section, re.M)
         assert row and int(row.group(2).replace(",", "")) == n, rhythm
     assert "| N (normal sinus rhythm) |" in section
+    metrics = json.loads((folder / "metrics.json").read_text())
+    logged = {row["rhythm"] or "(none)": row["n"] for row in metrics["per_rhythm"]}
+    assert logged == counts.to_dict()
