@@ -224,7 +224,8 @@ class TrainConfig:
     average_epochs: int = 1
     """Without validation patients: keep the mean of the weights after each of the last
     ``average_epochs`` epochs instead of the last epoch's (stochastic weight averaging, Izmailov
-    et al. 2018, apt here because the learning rate is constant). 1: the last epoch's weights."""
+    et al. 2018, apt here because the learning rate is constant). 1: the last epoch's weights.
+    With validation patients it does nothing: early stopping keeps the best epoch."""
     precision: Literal["fp32", "bf16"] = "fp32"
     """bf16: the training forward passes under bfloat16 autocast (weights, loss and evaluation
     stay fp32). Faster on CPUs with bf16 units, slower on others and on an H200
@@ -386,12 +387,6 @@ class PipelineConfig:
             mitdb or self.split.protocol == "kfold",
             "split.protocol",
             "kfold: the de Chazal protocols are defined on MIT-BIH records",
-        )
-        _check(
-            self.train.average_epochs == 1 or self.split.val_fraction == 0,
-            "train.average_epochs",
-            "1 with validation patients (early stopping keeps the best epoch; averaging is for "
-            "split.val_fraction 0)",
         )
         _check(
             not self.augment.template_dropout or self.segment.beat_template,

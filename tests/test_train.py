@@ -514,3 +514,10 @@ def test_running_mean_of_state_dicts():
     mean = running_mean(mean, c, 2)
     torch.testing.assert_close(mean["w"], torch.tensor([3.0, 3.0]))
     assert mean["count"].item() == 5  # an integer takes the latest value
+
+
+def test_averaged_epochs_do_nothing_when_validation_picks_the_epoch():
+    plain, _, _ = _fit()
+    averaged, _, _ = _fit(cfg=dataclasses.replace(CFG, average_epochs=2))
+    for name, value in averaged.state_dict().items():
+        assert torch.equal(value, plain.state_dict()[name])
