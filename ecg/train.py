@@ -199,6 +199,8 @@ class FitState:
     bad_epochs: int = 0
     history: list[dict] = field(default_factory=list)
     best_weights: dict | None = None
+    """The weights fit() returns with: the best validation epoch's, or without validation
+    patients the running mean of the last ``train.average_epochs`` epochs' (None: the last)."""
 
 
 def epoch_order(train: Side, cfg: TrainConfig, generator: torch.Generator) -> torch.Tensor:
