@@ -106,11 +106,11 @@ def rr_features(
     average = (cumulative[hi] - cumulative[lo]) / np.maximum(hi - lo, 1)
     successive = np.abs(np.diff(pre, prepend=pre[0]))
     typical_change = median_filter(successive, size=2 * local_beats + 1, mode="nearest")
-    beat = np.arange(n)
-    context = {}
-    for k in range(2, RR_CONTEXT_BEATS + 1):
-        context[f"pre{k}_over_average"] = pre[np.maximum(beat - k + 1, 0)] / average
-        context[f"post{k}_over_average"] = post[np.minimum(beat + k - 1, n - 1)] / average
+    beat, ks = np.arange(n), range(2, RR_CONTEXT_BEATS + 1)
+    context = {  # in RR_OPTIONAL's order: every pre, then every post
+        **{f"pre{k}_over_average": pre[np.maximum(beat - k + 1, 0)] / average for k in ks},
+        **{f"post{k}_over_average": post[np.minimum(beat + k - 1, n - 1)] / average for k in ks},
+    }
     return {
         "pre_rr": pre,
         "post_rr": post,
@@ -122,5 +122,5 @@ def rr_features(
         "post_over_average": post / average,
         "local_over_average": local / average,
         "rr_irregularity": typical_change / local,
-        **{name: context[name] for name in RR_OPTIONAL[1:]},
+        **context,
     }

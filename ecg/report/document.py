@@ -219,6 +219,8 @@ def _training(doc: Document, run: RunData, figures: Path) -> None:
     best = {}
     lines = []
     validated = False
+    averaged = int(run.params.get("train.average_epochs", 1) or 1)
+    last = "the last kept" if averaged == 1 else f"the mean of the last {averaged} kept"
     for name, history in run.histories.items():
         f1s = history["val_macro_f1"]
         if f1s.notna().any():
@@ -230,9 +232,7 @@ def _training(doc: Document, run: RunData, figures: Path) -> None:
                 f"(validation macro-F1 {f1s.max():.3f})"
             )
         else:
-            averaged = int(run.params.get("train.average_epochs", 1) or 1)
-            kept = "the last kept" if averaged == 1 else f"the mean of the last {averaged} kept"
-            lines.append(f"{name}: {len(history)} epochs run, {kept}")
+            lines.append(f"{name}: {len(history)} epochs run, {last}")
     path = plots.training_curves_png(run.histories, best, figures / "training.png")
     sentences = ["; ".join(lines)]
     if any("member" in name for name in run.histories):
