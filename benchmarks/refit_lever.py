@@ -16,6 +16,15 @@ sides' pooled curves, so V_k chose nothing) and scored on V_k, through the pipel
 uses the default's. Each ``--lever`` is one arm (its overrides together); several arms share one
 training of the default per split, which on two CPU cores is half of a one-lever round. DS2 is
 never read.
+
+An arm may change the pieces themselves (``segment.*``, ``signal.*``) as long as it keeps the same
+beats in the same order, so that the splits are the same patients' same beats. Its pieces live
+in a data directory of its own, preprocessed first:
+
+    ecg run mitdb --source ../shared/data/mitdb --until preprocess \
+        --set segment.scale_by_template=true --set data_dir=data/scaled
+    python benchmarks/refit_lever.py mitdb --refit-steps 5 7 7 5 7 \
+        --lever segment.scale_by_template=true data_dir=data/scaled
 """
 
 from __future__ import annotations
@@ -74,11 +83,16 @@ def main() -> None:
     )
     torch.set_num_threads(arms["default"].train.threads or 2)
     device = select_device(args.device)
-    preprocess = engine_for(arms["default"]).out_dir("preprocess")
+    engines = {name: engine_for(config) for name, config in arms.items()}
+    preprocess = {name: engine.out_dir("preprocess") for name, engine in engines.items()}
+    _, index, _ = load_pieces(preprocess["default"])
     for name in names:
-        if engine_for(arms[name]).out_dir("preprocess") != preprocess:
-            parser.error(f"{name} changes the dataset; this compares training on one dataset")
-    _, index, _ = load_pieces(preprocess)
+        if engines[name].params("preprocess") == engines["default"].params("preprocess"):
+            preprocess[name] = preprocess["default"]
+            continue
+        problem = _other_pieces(engines[name], preprocess["default"], index)
+        if problem:
+            parser.error(f"{name} changes the pieces (segment or signal settings): {problem}")
     seeds = list(range(args.folds))
     ds1, val = sides_of(index, arms["default"], seeds)
     rows = []
@@ -94,7 +108,9 @@ def main() -> None:
             for name, config in arms.items():
                 folder = Path(scratch) / f"{k}_{name.replace(' ', '_')}"
                 count = steps if name == "default" else own
-                row[name] = refit(config, count, preprocess, folder, ds1 & ~val[k], val[k], device)
+                row[name] = refit(
+                    config, count, preprocess[name], folder, ds1 & ~val[k], val[k], device
+                )
             rows.append(row)
             scores = ", ".join(f"{name} {row[name]:.4f}" for name in arms)
             print(f"outer {k} ({steps} / {own} steps): {scores}", flush=True)
@@ -105,6 +121,22 @@ def main() -> None:
     if len(names) > 1:
         for name, lever in zip(names, args.levers, strict=True):
             print(f"{name}: {' '.join(lever)}")
+
+
+def _other_pieces(engine, default: Path, index) -> str:
+    """Why an arm that changes the pieces cannot be compared with the default ('' if it can):
+    it needs pieces of its own, made by its own settings, of the default's beats in order."""
+    own = engine.out_dir("preprocess")
+    if own == default:
+        return "give it a data directory of its own (data_dir=...) and preprocess it there"
+    (status,) = [s for s in engine.status() if s.name == "preprocess"]
+    if not status.fresh:
+        return f"its pieces in {own} are not up to date ({'; '.join(status.reasons)})"
+    _, theirs, _ = load_pieces(own)
+    keys = ["record", "sample", "label"]
+    if len(theirs) != len(index) or not theirs[keys].equals(index[keys]):
+        return f"its {len(theirs):,} pieces are not the default's {len(index):,} beats in order"
+    return ""
 
 
 if __name__ == "__main__":

@@ -135,6 +135,10 @@ class SegmentConfig:
     """Beats: add, for each lead, the beat minus the record's median beat. Across patients what
     marks an ectopic beat is how it differs from this patient's usual beat (as the RR ratios do
     for timing); the median needs no labels."""
+    scale_by_template: bool = False
+    """Beats: divide each lead by the peak-to-peak amplitude of the record's median beat (before
+    ``beat_template`` is taken), so that every patient's typical beat spans 1 whatever its size in
+    mV. ``augment`` amplitudes (``noise_mv``, ``baseline_mv``) are then in those units."""
     window_s: float = 2.56
     """Windows: length in seconds."""
     stride_s: float = 2.56
@@ -239,6 +243,11 @@ class TrainConfig:
     loss: Literal["cross_entropy", "focal"] = "cross_entropy"
     """focal: cross-entropy scaled by (1 - p)^focal_gamma, so well-classified beats count less."""
     focal_gamma: float = 2.0
+    label_smoothing: float = 0.0
+    """Train against targets that give this share of the probability to all classes equally
+    (Szegedy et al. 2016), so the model is never pushed towards certainty; a patient unlike the
+    training patients should not be called with the confidence of one like them. Each beat's
+    smoothed loss takes its class weight (``ecg/losses.py`` says why not torch's)."""
     sampler: Literal["shuffle", "balanced"] = "shuffle"
     """balanced: draw every class equally often (with replacement)."""
     samples_per_epoch: int = 0
@@ -264,6 +273,7 @@ class TrainConfig:
         _check(self.samples_per_epoch >= 0, "samples_per_epoch", "zero or more")
         _check(self.patience >= 1, "patience", "one or more epochs")
         _check(self.focal_gamma >= 0, "focal_gamma", "zero (plain cross-entropy) or more")
+        _check(0 <= self.label_smoothing < 1, "label_smoothing", "a share in [0, 1)")
         _check(self.class_weight_power > 0, "class_weight_power", "a positive exponent")
         _check(
             1 <= self.average_epochs <= self.epochs,

@@ -133,6 +133,11 @@ class Engine:
             f"(stages: {', '.join(s.name for s in self.stages)})"
         )
 
+    def params(self, name: str) -> dict[str, Any]:
+        """The values of a stage's params as its stamp records them: two configurations whose
+        values here agree make the same outputs from the same inputs and code."""
+        return self._param_values(self.stage(name))
+
     def _param_values(self, stage: Stage) -> dict[str, Any]:
         values = {}
         for param in stage.params:

@@ -71,6 +71,7 @@ STAGES: tuple[Stage, ...] = (
             "train.average_epochs",
             "train.loss",
             "train.focal_gamma",
+            "train.label_smoothing",
             "train.sampler",
             "train.samples_per_epoch",
             "train.clip_grad_norm",

@@ -139,6 +139,8 @@ def cut_beats(
     centers = signal.rescale_samples(r, fs, fs_new)
     before, after = round(seg.pre_s * fs_new), round(seg.post_s * fs_new)
     windows, keep = segment.beat_windows(y, centers, before, after)
+    if seg.scale_by_template:
+        windows = segment.scaled_by_template(windows)
     if seg.beat_template:
         windows = segment.with_template_difference(windows)
     return windows, keep, rr

@@ -41,6 +41,21 @@ def beat_windows(
     return x[index], keep
 
 
+def scaled_by_template(windows: np.ndarray) -> np.ndarray:
+    """(beats, time, leads): each lead over the peak-to-peak amplitude of the record's median beat.
+
+    A patient's QRS can be several times taller or smaller than another's (electrode placement,
+    body build, the recorder's gain) with nothing wrong with either; over this patient's typical
+    beat, a beat's size says how it compares with the patient's own beats, the way the RR ratios
+    do for timing. The median needs no labels. A flat lead (span 0) is left as it is.
+    """
+    if len(windows) == 0:
+        return windows
+    template = np.median(windows, axis=0)
+    span = template.max(axis=0) - template.min(axis=0)
+    return windows / np.where(span > 0, span, 1.0)
+
+
 def with_template_difference(windows: np.ndarray) -> np.ndarray:
     """(beats, time, leads) -> (beats, time, 2 x leads): each lead, then the lead minus the
     record's median beat (its typical morphology)."""

@@ -275,6 +275,7 @@ def fit(
         cfg.focal_gamma,
         None if weights is None else weights.to(device),
         grouped=groups is not None,
+        label_smoothing=cfg.label_smoothing,
     )
     optimizer = _optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(

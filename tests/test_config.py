@@ -148,3 +148,10 @@ def test_averaged_epochs_are_at_most_the_epochs(tmp_path):
     assert load_config(path).train.average_epochs == 3
     with pytest.raises(ConfigError, match=r"average_epochs: between 1 \(the last epoch\) and"):
         load_config(path, ["train.average_epochs=5"])
+
+
+def test_label_smoothing_is_a_share(tmp_path):
+    path = write_pipeline(tmp_path, "p", GOOD + "train:\n  label_smoothing: 0.1\n")
+    assert load_config(path).train.label_smoothing == 0.1
+    with pytest.raises(ConfigError, match=r"label_smoothing: a share in \[0, 1\)"):
+        load_config(path, ["train.label_smoothing=1"])

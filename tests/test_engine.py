@@ -76,6 +76,13 @@ def test_changed_param_reruns_its_stage_and_those_after_it(tmp_path):
     assert (engine.out_dir("second") / "twice.txt").read_text() == "2.02.0"
 
 
+def test_a_stages_params_are_those_its_stamp_records(tmp_path):
+    base, later = _engine(tmp_path), _engine(tmp_path, retries=5)
+    assert base.params("first") == later.params("first") == {"download.version": "1.0"}
+    assert base.params("third") != later.params("third")
+    assert base.params("second") == {}
+
+
 def test_param_of_a_later_stage_reruns_only_that_stage(tmp_path):
     _engine(tmp_path).run()
     assert _ran(_engine(tmp_path, retries=5).run()) == ["third"]

@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ecg.segment import beat_windows, rr_features, sliding_windows
+from ecg.segment import (
+    beat_windows,
+    rr_features,
+    scaled_by_template,
+    sliding_windows,
+    with_template_difference,
+)
 
 
 def test_beat_windows_cut_around_the_centre_and_drop_edge_beats():
@@ -15,6 +21,27 @@ def test_beat_windows_cut_around_the_centre_and_drop_edge_beats():
     assert windows.shape == (2, 7, 1)
     assert windows[0, :, 0].tolist() == [7, 8, 9, 10, 11, 12, 13]
     assert windows[1, 3, 0] == 50
+
+
+def test_scaling_by_the_template_makes_a_patients_size_irrelevant():
+    rng = np.random.default_rng(0)
+    t = np.linspace(-1, 1, 40)
+    beat = np.exp(-(t**2) / 0.01)  # a QRS-like spike spanning 1
+    beats = beat[None, :, None] * rng.uniform(0.9, 1.1, (25, 1, 1))
+    beats[3] *= 2.5  # one beat far taller than the patient's others (an ectopic beat)
+    lead_two = np.zeros_like(beats)  # a flat lead
+    windows = np.concatenate([beats, lead_two], axis=2)
+    small, large = scaled_by_template(0.3 * windows), scaled_by_template(4.0 * windows)
+    np.testing.assert_allclose(small, large)  # same patient, other gain: same input
+    template = np.median(small, axis=0)
+    assert np.ptp(template[:, 0]) == pytest.approx(1.0)
+    # the tall beat stays 2.5 times the patient's typical size (give or take its 10 %)
+    assert 2.2 < np.ptp(small[3, :, 0]) < 2.8
+    assert (small[:, :, 1] == 0).all()  # the flat lead is left alone, not divided by zero
+    assert scaled_by_template(windows[:0]).shape == (0, 40, 2)
+    # scaled first, the template difference is the scaled beat minus the scaled median beat
+    both = with_template_difference(small)
+    np.testing.assert_allclose(both[:, :, 2], small[:, :, 0] - template[None, :, 0])
 
 
 def test_sliding_windows_drop_the_short_tail():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import signal
 import socket
@@ -17,7 +18,7 @@ import torch.multiprocessing as mp
 from ecg.config import TrainConfig
 from ecg.dataset import Side
 from ecg.errors import EcgError
-from ecg.losses import FocalLoss
+from ecg.losses import FocalLoss, make_loss
 from ecg.model import BiLSTMClassifier, PackagedClassifier, pack
 from ecg.pipeline import STAGES
 from ecg.train import (
@@ -394,6 +395,63 @@ def test_focal_loss_discounts_beats_already_classified_well():
 def test_focal_training_still_learns():
     _, _, state = _fit(cfg=dataclasses.replace(CFG, loss="focal"))
     assert state.best_f1 > 0.95
+
+
+def test_smoothed_cross_entropy_is_lowest_short_of_certainty():
+    target = torch.tensor([0])
+    likely, certain = (
+        torch.tensor([[math.log(odds), 0.0]]) for odds in (9.0, 999.0)
+    )  # p 0.9, 0.999
+    plain, smoothed = (
+        make_loss("cross_entropy", 2.0, None),
+        make_loss("cross_entropy", 2.0, None, label_smoothing=0.2),
+    )
+    assert plain(certain, target) < plain(likely, target)
+    assert smoothed(likely, target) < smoothed(certain, target)  # 0.2 over two classes: 0.9 best
+
+
+def test_smoothing_takes_each_beats_own_class_weight():
+    logits = torch.randn(32, 4, generator=torch.Generator().manual_seed(0))
+    target = torch.arange(32) % 4
+    weight = torch.tensor([0.5, 2.0, 1.0, 3.0])
+    per_beat = torch.nn.functional.cross_entropy(
+        logits, target, reduction="none", label_smoothing=0.1
+    )
+    expected = (weight[target] * per_beat).sum() / weight[target].sum()
+    torch.testing.assert_close(make_loss("cross_entropy", 0.0, weight, label_smoothing=0.1)(
+        logits, target), expected)  # fmt: skip
+    focal = make_loss("focal", 2.0, weight, label_smoothing=0.1)(logits, target)
+    assert focal < expected  # the focal factor still discounts
+
+
+def test_smoothing_under_inverse_class_weights_still_calls_an_n_beat_n():
+    """torch's weighted smoothing would not: the rare classes' large weights pull every beat."""
+    weight = torch.tensor([1.0, 47.7, 11.9, 108.0])  # 1/n over DS1's N, S, V, F counts
+    loss = make_loss("cross_entropy", 0.0, weight, label_smoothing=0.1)
+    logits = torch.zeros(1, 4, requires_grad=True)
+    optimizer = torch.optim.SGD([logits], lr=1.0)
+    for _ in range(500):
+        optimizer.zero_grad()
+        loss(logits, torch.tensor([0])).backward()
+        optimizer.step()
+    p = torch.softmax(logits, dim=1)[0]
+    assert p.argmax() == 0
+    assert p[0].item() == pytest.approx(0.925, abs=0.01)  # 1 - 0.1 + 0.1 / 4
+
+
+def test_label_smoothing_still_learns_but_is_less_sure_of_itself():
+    val = toy_side(256, 2)
+    sure = {}
+    for smoothing in (0.0, 0.2):
+        cfg = dataclasses.replace(CFG, epochs=8, class_weights="none", label_smoothing=smoothing)
+        seed_everything(0)
+        train = toy_side(512, 1)
+        model, normalizer = _model(), fit_normalizer(train, per_window=False)
+        fit(model, normalizer, train, None, ["a", "b"], cfg, torch.device("cpu"), progress=False)
+        p = predict_proba(model, normalizer, val, torch.device("cpu"))
+        assert (p.argmax(axis=1) == val.y.numpy()).mean() > 0.95
+        sure[smoothing] = float(np.percentile(p.max(axis=1), 99))
+    assert sure[0.2] < 0.98 < sure[0.0]
 
 
 def test_every_training_setting_that_shapes_the_model_is_a_param_of_the_train_stage():
