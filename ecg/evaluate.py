@@ -21,7 +21,13 @@ import torch
 
 from ecg.dataset import load_fold
 from ecg.engine import StageContext
-from ecg.metrics import bootstrap_by_group, confusion, from_confusion, roc_auc_per_class
+from ecg.metrics import (
+    bootstrap_by_group,
+    breakdown,
+    confusion,
+    from_confusion,
+    roc_auc_per_class,
+)
 from ecg.plots import confusion_matrix_png
 from ecg.tracking import Tracker
 from ecg.train import load_classifier, predict_proba, select_device
@@ -132,9 +138,10 @@ def across_folds(folds: list[dict], confidence: float) -> dict[str, list[float]]
 
 def per_record(predictions: pd.DataFrame, classes: list[str]) -> list[dict]:
     """Accuracy of each record and what it confused, so one bad record cannot hide in a mean."""
+    patients = {str(k): v for k, v in predictions.groupby("record")["patient"].first().items()}
     return [
-        {"record": record, "patient": part["patient"].iloc[0], **_breakdown(part, classes)}
-        for record, part in predictions.groupby("record", sort=True)
+        {"record": record, "patient": patients[record], **part}
+        for record, part in breakdown(predictions, "record", classes).items()
     ]
 
 
@@ -142,20 +149,9 @@ def per_rhythm(predictions: pd.DataFrame, classes: list[str]) -> list[dict]:
     """The same by the reference rhythm of each beat ('' where none was annotated): the false S
     beats of an inter-patient model come from atrial fibrillation more than from any record."""
     return [
-        {"rhythm": rhythm, **_breakdown(part, classes)}
-        for rhythm, part in predictions.groupby("rhythm", sort=True)
+        {"rhythm": rhythm, **part}
+        for rhythm, part in breakdown(predictions, "rhythm", classes).items()
     ]
-
-
-def _breakdown(part: pd.DataFrame, classes: list[str]) -> dict:
-    wrong = part[part["true"] != part["predicted"]]
-    pairs = (wrong["true"] + "->" + wrong["predicted"]).value_counts()
-    return {
-        "n": int(len(part)),
-        "accuracy": float((part["true"] == part["predicted"]).mean()),
-        "true_counts": {c: int((part["true"] == c).sum()) for c in classes},
-        "confusions": {k: int(v) for k, v in pairs.items()},
-    }
 
 
 def evaluate_stage(ctx: StageContext) -> None:

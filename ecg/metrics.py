@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import pandas as pd
 from sklearn.metrics import confusion_matrix, roc_auc_score
 
 
@@ -53,6 +54,23 @@ def from_confusion(cm: np.ndarray, classes: Sequence[str]) -> dict[str, float]:
             float(np.average(values[usable], weights=weights)) if weights.sum() else float("nan")
         )
     return out
+
+
+def breakdown(predictions: pd.DataFrame, by: str, classes: Sequence[str]) -> dict[str, dict]:
+    """For each value of column ``by`` (a record, a patient, a rhythm): its size, accuracy,
+    true classes and confusions ('N->S': count, most frequent first). One bad record or one
+    rhythm cannot hide in a pooled number; metrics.json and the report both read it from here."""
+    groups = {}
+    for name, part in predictions.groupby(by, sort=True):
+        wrong = part[part["true"] != part["predicted"]]
+        pairs = (wrong["true"] + "->" + wrong["predicted"]).value_counts()
+        groups[str(name)] = {
+            "n": int(len(part)),
+            "accuracy": float((part["true"] == part["predicted"]).mean()),
+            "true_counts": {c: int((part["true"] == c).sum()) for c in classes},
+            "confusions": {k: int(v) for k, v in pairs.items()},
+        }
+    return groups
 
 
 def roc_auc_per_class(y_true: np.ndarray, proba: np.ndarray, classes: Sequence[str]) -> dict:

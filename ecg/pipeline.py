@@ -105,6 +105,7 @@ STAGES: tuple[Stage, ...] = (
             "ecg.report.document",
             "ecg.report.render",
             "ecg.plots",
+            "ecg.metrics",
         ),
         help="render the run's report (HTML and Markdown) and log it to the run",
     ),

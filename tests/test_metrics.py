@@ -5,9 +5,16 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from ecg.metrics import bootstrap_by_group, confusion, from_confusion, roc_auc_per_class
+from ecg.metrics import (
+    bootstrap_by_group,
+    breakdown,
+    confusion,
+    from_confusion,
+    roc_auc_per_class,
+)
 
 CLASSES = ["N", "S", "V"]
 
@@ -64,3 +71,23 @@ def test_roc_auc_per_class():
 
 def test_confusion_keeps_every_class_in_order():
     assert confusion(np.array([0, 0]), np.array([0, 0]), 3).shape == (3, 3)
+
+
+def test_breakdown_counts_each_groups_truth_and_confusions_most_frequent_first():
+    p = pd.DataFrame(
+        {
+            "record": ["b", "b", "b", "b", "a"],
+            "true": ["N", "N", "N", "S", "S"],
+            "predicted": ["S", "S", "V", "S", "N"],
+        }
+    )
+    groups = breakdown(p, "record", ["N", "S", "V"])
+    assert list(groups) == ["a", "b"]
+    assert groups["b"] == {
+        "n": 4,
+        "accuracy": 0.25,
+        "true_counts": {"N": 3, "S": 1, "V": 0},
+        "confusions": {"N->S": 2, "N->V": 1},
+    }
+    assert list(groups["b"]["confusions"].values()) == [2, 1]
+    assert groups["a"]["confusions"] == {"S->N": 1}

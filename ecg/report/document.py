@@ -17,6 +17,7 @@ import yaml
 
 from ecg import plots
 from ecg.labels import MITDB_RHYTHMS
+from ecg.metrics import breakdown
 from ecg.report.collect import RunData
 
 KNOWN_FLAWS = {
@@ -374,21 +375,18 @@ def _confusion_rows(
     """(accuracy, size, table row) of each group of ``p``; the row holds its name, size,
     accuracy, true classes and most frequent confusions."""
     rows = []
-    for name, part in p.groupby(by, sort=True):
-        wrong = part[part["true"] != part["predicted"]]
-        pairs = (wrong["true"] + "→" + wrong["predicted"]).value_counts()
-        acc = float((part["true"] == part["predicted"]).mean())
-        truth = part["true"].value_counts()
+    for name, part in breakdown(p, by, classes).items():
+        truth, pairs = part["true_counts"], list(part["confusions"].items())
         rows.append(
             (
-                acc,
-                len(part),
+                part["accuracy"],
+                part["n"],
                 [
-                    str(name),
-                    count(len(part)),
-                    pct(acc),
-                    " ".join(f"{c} {truth.get(c, 0):,}" for c in classes),
-                    ", ".join(f"{k} {v:,}" for k, v in pairs.head(3).items()) or "—",
+                    name,
+                    count(part["n"]),
+                    pct(part["accuracy"]),
+                    " ".join(f"{c} {truth[c]:,}" for c in classes),
+                    ", ".join(f"{k.replace('->', '→')} {v:,}" for k, v in pairs[:3]) or "—",
                 ],
             )
         )
