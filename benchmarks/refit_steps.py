@@ -131,13 +131,13 @@ def main() -> None:
     args = parser.parse_args()
     config = load_config(find_pipeline(args.pipeline), args.overrides)
     torch.set_num_threads(config.train.threads or 2)
-    args.device = select_device(args.device)
+    device = select_device(args.device)
     preprocess = engine_for(config).out_dir("preprocess")
     _, index, _ = load_pieces(preprocess)
     seeds = list(range(args.folds))
     ds1, val = sides_of(index, config, seeds)
     if args.choose:
-        choose(config, preprocess, ds1, val, args)
+        choose(config, preprocess, ds1, val, args, device)
         return
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
@@ -152,7 +152,7 @@ def main() -> None:
                     val[j],
                     val[k],
                 )
-                score, curve, best = train_once(config, data, args.steps, args.device)
+                score, curve, best = train_once(config, data, args.steps, device)
                 early.append(score)
                 curves.append(curve)
                 print(f"outer {k}, inner {j}: best step {best}, scored on {k}: {score:.4f}")
@@ -162,7 +162,7 @@ def main() -> None:
             data = load_sides(
                 config, preprocess, Path(scratch) / f"{k}_refit", ds1 & ~val[k], nobody, val[k]
             )
-            refit, _, _ = train_once(config, data, n_star, args.device)
+            refit, _, _ = train_once(config, data, n_star, device)
             row = {
                 "outer": k,
                 "early_stopping": statistics.mean(early),
@@ -188,14 +188,16 @@ def main() -> None:
     append_line(args.out, {"steps": args.steps, "overrides": args.overrides, "rows": rows})
 
 
-def choose(config, preprocess: Path, ds1: np.ndarray, val: dict, args) -> None:
+def choose(
+    config, preprocess: Path, ds1: np.ndarray, val: dict, args, device: torch.device
+) -> None:
     """The peak of the mean validation curve over every seed's side: a refit's step count."""
     curves = []
     nobody = np.zeros_like(ds1)
     with tempfile.TemporaryDirectory() as scratch:
         for j, side in val.items():
             data = load_sides(config, preprocess, Path(scratch) / str(j), ds1 & ~side, side, nobody)
-            _, curve, best = train_once(config, data, args.steps, args.device)
+            _, curve, best = train_once(config, data, args.steps, device)
             curves.append(curve)
             print(f"side {j}: " + " ".join(f"{v:.4f}" for v in curve) + f"  (best step {best})")
     mean_curve = np.mean(curves, axis=0)

@@ -140,6 +140,11 @@ def training_precision(precision: str, device: torch.device):
     CPU (AMD EPYC with avx512_bf16); ``benchmarks/train_speed.py --set train.precision=bf16``
     measures a machine."""
     if precision == "bf16":
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise EcgError(
+                f"train.precision bf16: {torch.cuda.get_device_name(device)} has no bfloat16 "
+                "(it needs compute capability 8.0 or later); set train.precision: fp32"
+            )
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 

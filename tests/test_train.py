@@ -28,6 +28,7 @@ from ecg.train import (
     predict_proba,
     running_mean,
     seed_everything,
+    training_precision,
     weight_groups,
 )
 
@@ -551,6 +552,14 @@ def _fit_without_validation(cfg):
     fit(model, fit_normalizer(train, per_window=False), train, None, ["a", "b"], cfg,
         torch.device("cpu"), progress=False)  # fmt: skip
     return model.state_dict()
+
+
+def test_bf16_on_a_gpu_without_it_is_refused_with_the_gpus_name(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Tesla V100-SXM2-16GB")
+    with pytest.raises(EcgError, match="bf16: Tesla V100-SXM2-16GB has no bfloat16"):
+        training_precision("bf16", torch.device("cuda"))
+    assert training_precision("fp32", torch.device("cuda")) is not None  # nothing to check
 
 
 def test_averaged_epochs_keep_the_mean_of_the_last_epochs_weights():
