@@ -8,9 +8,10 @@
 ``--set`` takes the same overrides as ``ecg run``; one that changes the data (signal, segment,
 split) needs ``ecg run mitdb --until split`` with the same ``--set`` first.
 
-Training: beats/s over whole optimiser steps (forward, backward, Adam) on batches of the training
-side; inference: beats/s of the packaged model (normalisation + BiLSTM + softmax) on batches of
-1024 test beats. Each figure is the median of ``--repeats`` timed passes after one warm-up.
+Training: beats/s over whole optimiser steps on batches of the training side, through the step
+``fit`` takes (its loss, class weights, optimiser and gradient clipping; no augmentation);
+inference: beats/s of the packaged model (normalisation + BiLSTM + softmax) on batches of 1024
+test beats. Each figure is the median of ``--repeats`` timed passes after one warm-up.
 """
 
 from __future__ import annotations
@@ -26,7 +27,14 @@ from ecg.config import find_pipeline, load_config, to_dict
 from ecg.dataset import load_fold
 from ecg.model import PackagedClassifier, build_model, pack
 from ecg.pipeline import engine_for
-from ecg.train import class_weights, fit_normalizer, select_device, training_precision
+from ecg.train import (
+    build_optimizer,
+    fit_normalizer,
+    select_device,
+    training_loss,
+    training_step,
+    weight_groups,
+)
 
 
 def main() -> None:
@@ -57,13 +65,14 @@ def main() -> None:
     n_rr = len(data.rr_names)
     model = build_model(data.n_leads, len(data.classes), n_rr, to_dict(mcfg)).to(device)
     normalizer = fit_normalizer(train, mcfg.input_norm == "window").to(device)
-    weights = class_weights(train.y, len(data.classes), tcfg.class_weights, tcfg.class_weight_power)
-    loss_fn = torch.nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device))
-    optimizer = torch.optim.Adam(model.parameters(), lr=tcfg.lr)
+    groups = weight_groups(train, data.index, data.classes, tcfg.weight_rhythms)
+    loss_fn = training_loss(train.y, groups, len(data.classes), tcfg, device)
+    optimizer = build_optimizer(model, tcfg)
     bs = tcfg.batch_size
     x_all = train.x.to(device)
     rr_all = None if train.rr is None else train.rr.to(device)
     y_all = train.y.to(device)
+    groups_all = None if groups is None else groups.to(device)
 
     def train_pass() -> float:
         model.train()
@@ -72,13 +81,10 @@ def main() -> None:
         started = time.perf_counter()
         for start in range(0, len(order), bs):
             idx = order[start : start + bs]
-            x, rr = normalizer(x_all[idx], None if rr_all is None else rr_all[idx])
-            with training_precision(tcfg.precision, device):
-                logits = model(x, rr).float()
-            loss = loss_fn(logits, y_all[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            rr = None if rr_all is None else rr_all[idx]
+            group = None if groups_all is None else groups_all[idx]
+            training_step(model, normalizer, loss_fn, optimizer, tcfg, device,
+                          x_all[idx], y_all[idx], rr, group)  # fmt: skip
         sync(device)
         return len(order) / (time.perf_counter() - started)
 

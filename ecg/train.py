@@ -269,20 +269,8 @@ def fit(
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    weights = class_weights(
-        train.y if groups is None else groups,
-        len(classes) + (groups is not None),
-        cfg.class_weights,
-        cfg.class_weight_power,
-    )
-    loss_fn = make_loss(
-        cfg.loss,
-        cfg.focal_gamma,
-        None if weights is None else weights.to(device),
-        grouped=groups is not None,
-        label_smoothing=cfg.label_smoothing,
-    )
-    optimizer = _optimizer(model, cfg)
+    loss_fn = training_loss(train.y, groups, len(classes), cfg, device)
+    optimizer = build_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="max", factor=cfg.lr_factor, patience=cfg.lr_patience
     )
@@ -319,20 +307,10 @@ def fit(
             x = x_all[idx].to(device, non_blocking=True)
             y = y_all[idx].to(device, non_blocking=True)
             rr = None if rr_all is None else rr_all[idx].to(device, non_blocking=True)
+            group = None if groups_all is None else groups_all[idx].to(device, non_blocking=True)
             if augmentation is not None:
                 x = augment(x, augmentation, fs, generator, paired)
-            x, rr = normalizer(x, rr)
-            with training_precision(cfg.precision, device):
-                logits = net(x, rr).float()
-            if groups_all is None:
-                loss = loss_fn(logits, y)
-            else:
-                loss = loss_fn(logits, y, groups_all[idx].to(device, non_blocking=True))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.clip_grad_norm:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
-            optimizer.step()
+            loss = training_step(net, normalizer, loss_fn, optimizer, cfg, device, x, y, rr, group)
             total_loss += loss.item() * len(idx)
             seen += len(idx)
             bar.set_postfix(loss=f"{total_loss / seen:.4f}", refresh=False)
@@ -414,7 +392,52 @@ def validation_scores(
     return {f"val_{name}": scores[name] for name in names}
 
 
-def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def training_loss(
+    y: torch.Tensor, groups: torch.Tensor | None, n_classes: int, cfg: TrainConfig, device
+) -> nn.Module:
+    """The loss ``cfg`` asks for, weighted by the training side's class (or group) counts."""
+    weights = class_weights(
+        y if groups is None else groups,
+        n_classes + (groups is not None),
+        cfg.class_weights,
+        cfg.class_weight_power,
+    )
+    return make_loss(
+        cfg.loss,
+        cfg.focal_gamma,
+        None if weights is None else weights.to(device),
+        grouped=groups is not None,
+        label_smoothing=cfg.label_smoothing,
+    )
+
+
+def training_step(
+    net: nn.Module,
+    normalizer: Normalizer,
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    cfg: TrainConfig,
+    device: torch.device,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    rr: torch.Tensor | None,
+    group: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One optimiser step on one (augmented) batch; returns its loss. Shared with
+    ``benchmarks/train_speed.py`` so that the benchmark times the step training takes."""
+    x, rr = normalizer(x, rr)
+    with training_precision(cfg.precision, device):
+        logits = net(x, rr).float()
+    loss = loss_fn(logits, y) if group is None else loss_fn(logits, y, group)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.clip_grad_norm:
+        nn.utils.clip_grad_norm_(net.parameters(), cfg.clip_grad_norm)
+    optimizer.step()
+    return loss
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
             model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
