@@ -195,6 +195,11 @@ class ModelConfig:
     """Which RR features (names from the preprocess stage); empty means all."""
     ensemble: int = 1
     """Members trained from different random initialisations; their probabilities are averaged."""
+    ensemble_patients: float = 1.0
+    """Share of the training patients each member trains on, drawn anew for each member (bagging
+    by patient); 1: all of them. Members trained on the same patients learn them the same way
+    (five members scored what three did, ``benchmarks/quality.md``, seventh round); members that
+    each miss a few patients can disagree where one patient is unlike the others."""
     downsample: Literal[1, 2, 4, 8] = 1
     """Shorten the sequence by this factor with strided convolutions before the LSTM."""
     input_norm: Literal["global", "window"] = "global"
@@ -205,6 +210,12 @@ class ModelConfig:
         _check(self.layers >= 1, "layers", "one or more layers")
         _check(0 <= self.dropout < 1, "dropout", "a fraction in [0, 1)")
         _check(1 <= self.ensemble <= 20, "ensemble", "between 1 and 20 members")
+        _check(0 < self.ensemble_patients <= 1, "ensemble_patients", "a share in (0, 1]")
+        _check(
+            self.ensemble_patients == 1 or self.ensemble > 1,
+            "ensemble_patients",
+            "an ensemble (model.ensemble 2 or more) to draw members' patients for",
+        )
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,12 @@ class Side:
     def __len__(self) -> int:
         return len(self.y)
 
+    def take(self, keep: np.ndarray) -> Side:
+        """The pieces where the boolean mask ``keep`` is true, in order."""
+        mask = torch.from_numpy(np.asarray(keep, dtype=bool))
+        rr = None if self.rr is None else self.rr[mask]
+        return Side(self.x[mask], rr, self.y[mask], self.rows[np.asarray(keep, dtype=bool)])
+
 
 @dataclass
 class FoldData:

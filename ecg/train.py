@@ -177,6 +177,15 @@ def weight_groups(
     return groups
 
 
+def draw_patients(patients: np.ndarray, share: float, seed: int) -> np.ndarray:
+    """Mask of the pieces of ``round(share * n)`` patients (at least one) drawn without
+    replacement from the ``n`` in ``patients`` (one entry per piece)."""
+    unique = np.unique(patients)
+    n = max(1, round(share * len(unique)))
+    drawn = np.random.default_rng(seed).choice(unique, size=n, replace=False)
+    return np.isin(patients, drawn)
+
+
 # ----------------------------------------------------------------------------- the loop
 
 
@@ -710,6 +719,20 @@ def train_members(
         seed_everything(cfg.seed + fold + 1000 * member)
         model = build_model(data.n_leads, len(data.classes), len(data.rr_names), single)
         member_cfg = dataclasses.replace(cfg, seed=cfg.seed + 1000 * member)
+        side, member_groups = train, groups
+        if mcfg.ensemble_patients < 1:
+            patients = data.index["patient"].to_numpy()[train.rows]
+            keep = draw_patients(patients, mcfg.ensemble_patients, cfg.seed + fold + 1000 * member)
+            side = train.take(keep)
+            member_groups = None if groups is None else groups[torch.from_numpy(keep)]
+            log.info(
+                "train%s: member %d trains on %d of %d patients (not %s)",
+                where,
+                member + 1,
+                len(np.unique(patients[keep])),
+                len(np.unique(patients)),
+                " ".join(sorted(set(patients) - set(patients[keep]))),
+            )
         checkpoint = None
         if scratch is not None:
             checkpoint = scratch / (f"member_{member}" if member else "") / "last.pt"
@@ -717,7 +740,7 @@ def train_members(
             fit(
                 model,
                 normalizer,
-                train,
+                side,
                 val,
                 data.classes,
                 member_cfg,
@@ -729,7 +752,7 @@ def train_members(
                 augmentation=config.augment if config.augment.active else None,
                 fs=config.signal.fs,
                 paired=config.segment.beat_template,
-                groups=groups,
+                groups=member_groups,
             )
         )
         members.append(model.cpu())

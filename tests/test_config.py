@@ -155,3 +155,12 @@ def test_label_smoothing_is_a_share(tmp_path):
     assert load_config(path).train.label_smoothing == 0.1
     with pytest.raises(ConfigError, match=r"label_smoothing: a share in \[0, 1\)"):
         load_config(path, ["train.label_smoothing=1"])
+
+
+def test_patients_per_member_need_an_ensemble(tmp_path):
+    path = write_pipeline(tmp_path, "p", GOOD + "model:\n  ensemble: 3\n  ensemble_patients: 0.8\n")
+    assert load_config(path).model.ensemble_patients == 0.8
+    with pytest.raises(ConfigError, match=r"ensemble_patients: an ensemble \(model.ensemble 2"):
+        load_config(path, ["model.ensemble=1"])
+    with pytest.raises(ConfigError, match=r"ensemble_patients: a share in \(0, 1\]"):
+        load_config(path, ["model.ensemble_patients=0"])

@@ -23,6 +23,7 @@ from ecg.model import BiLSTMClassifier, PackagedClassifier, pack
 from ecg.pipeline import STAGES
 from ecg.train import (
     class_weights,
+    draw_patients,
     fit,
     fit_normalizer,
     predict_proba,
@@ -374,6 +375,41 @@ def test_the_train_stage_without_validation_patients_trains_on_all_of_them(tmp_p
     report = next((tmp_path / "reports" / "smoke").glob("*/report.md")).read_text()
     assert "2 epochs run, the last kept" in report
     assert "No patients were held out for validation" in report
+
+
+def test_draw_patients_takes_whole_patients_by_the_seed():
+    patients = np.repeat(np.array(["100", "101", "103", "105", "106", "108"]), [5, 3, 4, 2, 6, 1])
+    keep = draw_patients(patients, 0.5, seed=7)
+    assert len(set(patients[keep])) == 3
+    assert not set(patients[keep]) & set(patients[~keep])  # a patient is all in or all out
+    np.testing.assert_array_equal(keep, draw_patients(patients, 0.5, seed=7))
+    draws = {tuple(sorted(set(patients[draw_patients(patients, 0.5, s)]))) for s in range(10)}
+    assert len(draws) > 1
+    assert draw_patients(patients, 0.01, seed=0).any()  # at least one patient
+
+
+def test_bagged_members_each_train_on_their_own_patients(tmp_path, caplog):
+    from ecg.config import load_config
+    from ecg.dataset import FoldData
+    from ecg.train import train_members
+
+    train = toy_side(480, 1)
+    patients = np.repeat([f"p{i}" for i in range(8)], 60)
+    index = pd.DataFrame({"patient": patients})
+    data = FoldData(["a", "b"], ["r1", "r2"], {"train": train}, index, {}, {})
+    overrides = ["model.ensemble=2", "train.epochs=1", "train.classes=[]", "model.hidden=8"]
+    config = load_config(_smoke_pipeline(tmp_path), overrides)
+    bagged = load_config(_smoke_pipeline(tmp_path), [*overrides, "model.ensemble_patients=0.5"])
+    with caplog.at_level("INFO", logger="ecg"):
+        model, _, _ = train_members(bagged, data, None, torch.device("cpu"), progress=False)
+    lines = [r.getMessage() for r in caplog.records if "trains on" in r.getMessage()]
+    assert len(lines) == 2 and all("trains on 4 of 8 patients" in line for line in lines)
+    assert lines[0] != lines[1]  # each member its own draw
+    full, _, _ = train_members(config, data, None, torch.device("cpu"), progress=False)
+    first = [p for p in model.members[0].parameters()]
+    assert any(
+        not torch.equal(a, b) for a, b in zip(first, full.members[0].parameters(), strict=True)
+    )
 
 
 def test_focal_loss_with_gamma_zero_is_the_weighted_cross_entropy():
