@@ -138,7 +138,8 @@ class SegmentConfig:
     scale_by_template: bool = False
     """Beats: divide each lead by the peak-to-peak amplitude of the record's median beat (before
     ``beat_template`` is taken), so that every patient's typical beat spans 1 whatever its size in
-    mV. ``augment`` amplitudes (``noise_mv``, ``baseline_mv``) are then in those units."""
+    mV. ``augment`` amplitudes (``noise_mv``, ``baseline_mv``) are then in those units. It lost
+    0.049 macro-F1 nested in DS1 (``benchmarks/quality.md``, twenty-first round)."""
     window_s: float = 2.56
     """Windows: length in seconds."""
     stride_s: float = 2.56
@@ -199,7 +200,8 @@ class ModelConfig:
     """Share of the training patients each member trains on, drawn anew for each member (bagging
     by patient); 1: all of them. Members trained on the same patients learn them the same way
     (five members scored what three did, ``benchmarks/quality.md``, seventh round); members that
-    each miss a few patients can disagree where one patient is unlike the others."""
+    each miss a few patients can disagree where one patient is unlike the others. 0.8 was level
+    with 1 nested in DS1 (``benchmarks/quality.md``, twenty-second round)."""
     downsample: Literal[1, 2, 4, 8] = 1
     """Shorten the sequence by this factor with strided convolutions before the LSTM."""
     input_norm: Literal["global", "window"] = "global"
@@ -258,7 +260,8 @@ class TrainConfig:
     """Train against targets that give this share of the probability to all classes equally
     (Szegedy et al. 2016), so the model is never pushed towards certainty; a patient unlike the
     training patients should not be called with the confidence of one like them. Each beat's
-    smoothed loss takes its class weight (``ecg/losses.py`` says why not torch's)."""
+    smoothed loss takes its class weight (``ecg/losses.py`` says why not torch's). 0.1 was level
+    with 0 nested in DS1 (``benchmarks/quality.md``, twenty-first round)."""
     sampler: Literal["shuffle", "balanced"] = "shuffle"
     """balanced: draw every class equally often (with replacement)."""
     samples_per_epoch: int = 0
