@@ -1,0 +1,41 @@
+"""The benchmark scripts' own guards (they are scripts in benchmarks/, imported from there)."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+from test_train import _smoke_pipeline
+
+from ecg.cli import main
+from ecg.config import load_config
+from ecg.pipeline import engine_for
+from ecg.preprocess import load_pieces
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+refit_lever = importlib.import_module("refit_lever")
+
+
+def test_an_arm_that_changes_the_pieces_needs_its_own_fresh_pieces_of_the_same_beats(tmp_path):
+    """The guard once compared the preprocess folder, which a segment setting does not change,
+    so such an arm would have trained on the default's pieces without a word."""
+    path = _smoke_pipeline(tmp_path)
+    scaled = ["segment.scale_by_template=true"]
+    own = [*scaled, f"data_dir={tmp_path / 'scaled'}"]
+    for overrides in ([], own):
+        sets = [arg for o in overrides for arg in ("--set", o)]
+        assert main(["run", "--config", str(path), "--until", "preprocess", *sets]) == 0
+    default = engine_for(load_config(path))
+    _, index, _ = load_pieces(default.out_dir("preprocess"))
+    folder = default.out_dir("preprocess")
+
+    def problem(overrides):
+        return refit_lever._other_pieces(engine_for(load_config(path, overrides)), folder, index)
+
+    assert problem(own) == ""
+    assert "data directory of its own" in problem(scaled)
+    assert "not up to date" in problem([*own, "segment.pre_s=0.3"])
+    assert "not the default's" in refit_lever._other_pieces(
+        engine_for(load_config(path, own)), folder, index.iloc[:-1]
+    )
