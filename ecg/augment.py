@@ -8,9 +8,15 @@ dropout zeroes the second channel first, so a beat passed off as typical still c
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-from ecg.config import AugmentConfig
+from ecg import segment
+from ecg.config import AugmentConfig, SegmentConfig
+from ecg.errors import EcgError
+
+IN_SECONDS = ("pre_rr", "post_rr", "local_rr", "average_rr")
+"""RR features with a unit: a simulated rhythm has no rate of its own to give them."""
 
 
 def augment(
@@ -69,3 +75,47 @@ def band_limited(noise: torch.Tensor, fs: float, band_hz: tuple[float, ...]) -> 
         return torch.zeros_like(noise)
     shaped = torch.fft.irfft(spectrum * keep[None, :, None], n=length, dim=1)
     return shaped / shaped.std(dim=1, keepdim=True).clamp_min(1e-8)
+
+
+def fibrillation_rr(
+    names: list[str], cv: float, seg: SegmentConfig, seed: int, beats: int = 5000
+) -> np.ndarray:
+    """RR features (columns ``names``) of beats in a simulated stretch of atrial fibrillation.
+
+    The intervals are independent draws around 1 s with coefficient of variation ``cv``, kept
+    within 0.3-3 s; the features come from ``segment.rr_features`` itself, so they mean what the
+    real ones mean. Beats within reach of the stretch's ends (where features borrow) are dropped.
+    """
+    if not names:
+        raise EcgError("augment.af_context: the model takes no RR features to give a context to")
+    timed = [name for name in names if name in IN_SECONDS]
+    if timed:
+        raise EcgError(
+            f"augment.af_context: model.rr_features has {', '.join(timed)}, in seconds, which a "
+            "simulated rhythm cannot give; name ratios only (e.g. pre_over_local, rr_irregularity)"
+        )
+    rng = np.random.default_rng(seed)
+    intervals = np.clip(rng.normal(1.0, cv, beats), 0.3, 3.0)
+    fs = 1000.0
+    r = np.round(np.concatenate([[0.0], np.cumsum(intervals)]) * fs).astype(np.int64)
+    features = segment.rr_features(r, fs, seg.rr_local_beats, seg.rr_average_s)
+    reach = int(np.ceil(seg.rr_average_s / 2 / 0.3)) + 2 * seg.rr_local_beats + 1
+    if len(r) <= 2 * reach:
+        raise EcgError(f"augment.af_context: {beats} simulated beats are too few for the features")
+    return np.stack([features[name][reach:-reach] for name in names], axis=1).astype(np.float32)
+
+
+def with_fibrillation_rr(
+    rr: torch.Tensor,
+    eligible: torch.Tensor,
+    pool: torch.Tensor,
+    share: float,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """A copy of ``rr`` in which about ``share`` of the ``eligible`` rows (N beats) take a random
+    row of ``pool`` (from ``fibrillation_rr``)."""
+    chosen = eligible & (torch.rand(len(rr), generator=generator) < share).to(rr.device)
+    picks = torch.randint(len(pool), (int(chosen.sum()),), generator=generator)
+    out = rr.clone()
+    out[chosen] = pool[picks].to(rr.device)
+    return out

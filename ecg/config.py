@@ -323,8 +323,20 @@ class AugmentConfig:
     its record's typical beat (needs ``segment.beat_template``). Every DS1 record's typical beat
     is N, so without it "like the record's median beat" means N, which fails for a patient whose
     most common beat is not."""
+    af_context: float = 0.0
+    """Share of training N beats (drawn per batch) whose RR features are replaced by those of a
+    beat in simulated atrial fibrillation: RR intervals drawn independently around their mean
+    with a coefficient of variation ``af_cv``, through the same code as the real features. In
+    fibrillation most N beats come early; DS1 has two such patients, so a model learns from
+    them alone that an early beat in an irregular rhythm can be N. Ratio features only (the
+    simulated rhythm has no rate of its own); useful with ``rr_irregularity`` among them."""
+    af_cv: float = 0.2
+    """Coefficient of variation of the simulated fibrillation's RR intervals (DS1's 201 and 203:
+    ``rr_irregularity`` 0.21 and 0.29; independent intervals with CV 0.2 give about 0.19)."""
 
     def __post_init__(self) -> None:
+        _check(0 <= self.af_context < 1, "af_context", "a share in [0, 1)")
+        _check(0 < self.af_cv < 1, "af_cv", "a coefficient of variation in (0, 1)")
         for key in ("noise_mv", "baseline_mv", "scale", "shift_s", "template_dropout"):
             _check(getattr(self, key) >= 0, key, "zero (off) or a positive amount")
         _check(self.scale < 1, "scale", "a fraction below 1")

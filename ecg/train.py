@@ -35,7 +35,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ecg import __version__
-from ecg.augment import augment
+from ecg.augment import augment, fibrillation_rr, with_fibrillation_rr
 from ecg.config import AugmentConfig, PipelineConfig, TrainConfig, flatten, to_dict
 from ecg.dataset import FoldData, Side, load_fold
 from ecg.digests import sha256_file
@@ -266,10 +266,12 @@ def fit(
     fs: float = 128.0,
     paired: bool = False,
     groups: torch.Tensor | None = None,
+    rr_pool: torch.Tensor | None = None,
 ) -> FitState:
     """Train ``model`` and return the state holding the weights of its best validation epoch;
     with no ``val``, train all ``cfg.epochs`` at a constant learning rate and keep the last.
-    ``groups`` (from ``weight_groups``) weight the loss by group instead of by class."""
+    ``groups`` (from ``weight_groups``) weight the loss by group instead of by class;
+    ``rr_pool`` (from ``fibrillation_rr``) gives some N beats a fibrillation context."""
     rank, world = distributed()
     model.to(device)
     normalizer.to(device)
@@ -319,6 +321,9 @@ def fit(
             group = None if groups_all is None else groups_all[idx].to(device, non_blocking=True)
             if augmentation is not None:
                 x = augment(x, augmentation, fs, generator, paired)
+            if rr_pool is not None and rr is not None and augmentation is not None:
+                n_beats = y == classes.index("N")
+                rr = with_fibrillation_rr(rr, n_beats, rr_pool, augmentation.af_context, generator)
             loss = training_step(net, normalizer, loss_fn, optimizer, cfg, device, x, y, rr, group)
             total_loss += loss.item() * len(idx)
             seen += len(idx)
@@ -712,6 +717,16 @@ def train_members(
             f"{int((groups == len(data.classes)).sum()):,}",
             "/".join(cfg.weight_rhythms),
         )
+    rr_pool = None
+    if config.augment.af_context:
+        if "N" not in data.classes:
+            raise EcgError(
+                f"augment.af_context: acts on N beats, and N is not among {data.classes}"
+            )
+        rr_pool = torch.from_numpy(
+            fibrillation_rr(data.rr_names, config.augment.af_cv, config.segment, cfg.seed + fold)
+        )
+    augmentation = config.augment if config.augment.active or rr_pool is not None else None
     members, states = [], []
     for member in range(mcfg.ensemble):
         if mcfg.ensemble > 1:
@@ -749,10 +764,11 @@ def train_members(
                 resume=resume,
                 on_epoch=None if on_epoch is None else functools.partial(on_epoch, member),
                 progress=progress,
-                augmentation=config.augment if config.augment.active else None,
+                augmentation=augmentation,
                 fs=config.signal.fs,
                 paired=config.segment.beat_template,
                 groups=member_groups,
+                rr_pool=rr_pool,
             )
         )
         members.append(model.cpu())

@@ -164,3 +164,12 @@ def test_patients_per_member_need_an_ensemble(tmp_path):
         load_config(path, ["model.ensemble=1"])
     with pytest.raises(ConfigError, match=r"ensemble_patients: a share in \(0, 1\]"):
         load_config(path, ["model.ensemble_patients=0"])
+
+
+def test_fibrillation_context_is_a_share_with_a_plausible_spread(tmp_path):
+    path = write_pipeline(tmp_path, "p", GOOD + "augment:\n  af_context: 0.1\n")
+    assert load_config(path).augment.af_context == 0.1
+    with pytest.raises(ConfigError, match=r"af_context: a share in \[0, 1\)"):
+        load_config(path, ["augment.af_context=1"])
+    with pytest.raises(ConfigError, match=r"af_cv: a coefficient of variation in \(0, 1\)"):
+        load_config(path, ["augment.af_cv=0"])

@@ -209,6 +209,62 @@ def test_strided_front_end_shortens_the_sequence_and_keeps_the_output(downsample
     assert model(torch.zeros(3, 256, 12)).shape == (3, 2)
 
 
+def test_simulated_fibrillation_gives_irregular_rr_features_through_the_real_code():
+    from ecg.augment import fibrillation_rr
+    from ecg.config import SegmentConfig
+
+    names = ["pre_over_local", "pre_over_average", "rr_irregularity", "pre2_over_average"]
+    pool = fibrillation_rr(names, 0.2, SegmentConfig(), seed=0)
+    assert pool.shape[1] == 4 and len(pool) > 3000 and np.isfinite(pool).all()
+    assert np.mean(pool[:, 1]) == pytest.approx(1.0, abs=0.02)  # early and late in equal measure
+    assert np.std(pool[:, 1]) == pytest.approx(0.2, abs=0.02)
+    assert np.median(pool[:, 2]) == pytest.approx(0.19, abs=0.03)  # 201 and 203: 0.21, 0.29
+    sinus = fibrillation_rr(names, 0.02, SegmentConfig(), seed=0)
+    assert np.median(sinus[:, 2]) < 0.05  # a regular rhythm reads as one
+    with pytest.raises(EcgError, match="has pre_rr, in seconds"):
+        fibrillation_rr(["pre_rr", "pre_over_local"], 0.2, SegmentConfig(), seed=0)
+
+
+def test_only_n_beats_take_a_fibrillation_context_and_reproducibly():
+    from ecg.augment import with_fibrillation_rr
+
+    rr = torch.zeros(1000, 2)
+    n_beats = torch.arange(1000) % 2 == 0
+    pool = torch.tensor([[0.7, 0.3], [1.3, 0.2]])
+    out = with_fibrillation_rr(rr, n_beats, pool, 0.5, torch.Generator().manual_seed(0))
+    changed = (out != 0).any(dim=1)
+    assert not changed[~n_beats].any()
+    assert 0.4 < changed[n_beats].float().mean() < 0.6
+    assert (out[changed][:, None, :] == pool[None]).all(dim=2).any(dim=1).all()  # pool rows
+    again = with_fibrillation_rr(rr, n_beats, pool, 0.5, torch.Generator().manual_seed(0))
+    assert torch.equal(out, again) and (rr == 0).all()
+
+
+def test_training_with_a_fibrillation_context_learns_and_differs(tmp_path):
+    from ecg.config import load_config
+    from ecg.dataset import FoldData
+    from ecg.train import train_members
+
+    train = toy_side(480, 1)
+    index = pd.DataFrame({"patient": np.repeat([f"p{i}" for i in range(8)], 60)})
+    data = FoldData(["N", "S"], ["pre_over_local", "rr_irregularity"], {"train": train}, index,
+                    {}, {})  # fmt: skip
+    overrides = ["train.epochs=4", "train.batch_size=32", "train.classes=[]", "model.hidden=8"]
+    path = _smoke_pipeline(tmp_path)
+    plain, _, _ = train_members(load_config(path, overrides), data, None, torch.device("cpu"),
+                                progress=False)  # fmt: skip
+    context = load_config(path, [*overrides, "augment.af_context=0.3"])
+    model, normalizer, _ = train_members(context, data, None, torch.device("cpu"), progress=False)
+    p = predict_proba(model, normalizer, toy_side(256, 2), torch.device("cpu"))
+    assert (p.argmax(axis=1) == toy_side(256, 2).y.numpy()).mean() > 0.9
+    assert any(
+        not torch.equal(a, b) for a, b in zip(model.parameters(), plain.parameters(), strict=True)
+    )
+    wrong = FoldData(["a", "b"], data.rr_names, data.sides, index, {}, {})
+    with pytest.raises(EcgError, match="af_context: acts on N beats"):
+        train_members(context, wrong, None, torch.device("cpu"), progress=False)
+
+
 def test_augmentation_perturbs_training_beats_reproducibly():
     from ecg.augment import augment
     from ecg.config import AugmentConfig
