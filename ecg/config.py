@@ -329,7 +329,8 @@ class AugmentConfig:
     with a coefficient of variation ``af_cv``, through the same code as the real features. In
     fibrillation most N beats come early; DS1 has two such patients, so a model learns from
     them alone that an early beat in an irregular rhythm can be N. Ratio features only (the
-    simulated rhythm has no rate of its own); useful with ``rr_irregularity`` among them."""
+    simulated rhythm has no rate of its own); useful with ``rr_irregularity`` among them. 0.1
+    with it lost 0.017 nested in DS1 (``benchmarks/quality.md``, twenty-third round)."""
     af_cv: float = 0.2
     """Coefficient of variation of the simulated fibrillation's RR intervals (DS1's 201 and 203:
     ``rr_irregularity`` 0.21 and 0.29; independent intervals with CV 0.2 give about 0.19)."""
