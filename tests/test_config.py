@@ -150,26 +150,44 @@ def test_averaged_epochs_are_at_most_the_epochs(tmp_path):
         load_config(path, ["train.average_epochs=5"])
 
 
-def test_label_smoothing_is_a_share(tmp_path):
-    path = write_pipeline(tmp_path, "p", GOOD + "train:\n  label_smoothing: 0.1\n")
-    assert load_config(path).train.label_smoothing == 0.1
-    with pytest.raises(ConfigError, match=r"label_smoothing: a share in \[0, 1\)"):
-        load_config(path, ["train.label_smoothing=1"])
-
-
-def test_patients_per_member_need_an_ensemble(tmp_path):
-    path = write_pipeline(tmp_path, "p", GOOD + "model:\n  ensemble: 3\n  ensemble_patients: 0.8\n")
-    assert load_config(path).model.ensemble_patients == 0.8
-    with pytest.raises(ConfigError, match=r"ensemble_patients: an ensemble \(model.ensemble 2"):
-        load_config(path, ["model.ensemble=1"])
-    with pytest.raises(ConfigError, match=r"ensemble_patients: a share in \(0, 1\]"):
-        load_config(path, ["model.ensemble_patients=0"])
-
-
-def test_fibrillation_context_is_a_share_with_a_plausible_spread(tmp_path):
-    path = write_pipeline(tmp_path, "p", GOOD + "augment:\n  af_context: 0.1\n")
-    assert load_config(path).augment.af_context == 0.1
-    with pytest.raises(ConfigError, match=r"af_context: a share in \[0, 1\)"):
-        load_config(path, ["augment.af_context=1"])
-    with pytest.raises(ConfigError, match=r"af_cv: a coefficient of variation in \(0, 1\)"):
-        load_config(path, ["augment.af_cv=0"])
+@pytest.mark.parametrize(
+    ("yaml_text", "section", "key", "value", "refused"),
+    [
+        (
+            "train:\n  label_smoothing: 0.1\n",
+            "train",
+            "label_smoothing",
+            0.1,
+            [("train.label_smoothing=1", r"label_smoothing: a share in \[0, 1\)")],
+        ),
+        (
+            "model:\n  ensemble: 3\n  ensemble_patients: 0.8\n",
+            "model",
+            "ensemble_patients",
+            0.8,
+            [
+                ("model.ensemble=1", r"ensemble_patients: an ensemble \(model.ensemble 2"),
+                ("model.ensemble_patients=0", r"ensemble_patients: a share in \(0, 1\]"),
+            ],
+        ),
+        (
+            "augment:\n  af_context: 0.1\n",
+            "augment",
+            "af_context",
+            0.1,
+            [
+                ("augment.af_context=1", r"af_context: a share in \[0, 1\)"),
+                ("augment.af_cv=0", r"af_cv: a coefficient of variation in \(0, 1\)"),
+            ],
+        ),
+    ],
+    ids=["label_smoothing", "ensemble_patients", "af_context"],
+)
+def test_a_setting_is_read_and_its_impossible_values_refused(
+    tmp_path, yaml_text, section, key, value, refused
+):
+    path = write_pipeline(tmp_path, "p", GOOD + yaml_text)
+    assert getattr(getattr(load_config(path), section), key) == value
+    for override, message in refused:
+        with pytest.raises(ConfigError, match=message):
+            load_config(path, [override])
