@@ -15,9 +15,6 @@ from ecg import segment
 from ecg.config import AugmentConfig, SegmentConfig
 from ecg.errors import EcgError
 
-IN_SECONDS = ("pre_rr", "post_rr", "local_rr", "average_rr")
-"""RR features with a unit: a simulated rhythm has no rate of its own to give them."""
-
 
 def augment(
     x: torch.Tensor, cfg: AugmentConfig, fs: float, generator: torch.Generator, paired: bool = False
@@ -88,7 +85,7 @@ def fibrillation_rr(
     """
     if not names:
         raise EcgError("augment.af_context: the model takes no RR features to give a context to")
-    timed = [name for name in names if name in IN_SECONDS]
+    timed = [name for name in names if name in segment.RR_IN_SECONDS]  # no rate to give them
     if timed:
         raise EcgError(
             f"augment.af_context: model.rr_features has {', '.join(timed)}, in seconds, which a "

@@ -39,9 +39,10 @@ class Side:
 
     def take(self, keep: np.ndarray) -> Side:
         """The pieces where the boolean mask ``keep`` is true, in order."""
-        mask = torch.from_numpy(np.asarray(keep, dtype=bool))
+        keep = np.asarray(keep, dtype=bool)
+        mask = torch.from_numpy(keep)
         rr = None if self.rr is None else self.rr[mask]
-        return Side(self.x[mask], rr, self.y[mask], self.rows[np.asarray(keep, dtype=bool)])
+        return Side(self.x[mask], rr, self.y[mask], self.rows[keep])
 
 
 @dataclass

@@ -10,8 +10,10 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import median_filter
 
+RR_IN_SECONDS = ("pre_rr", "post_rr", "local_rr", "average_rr")
+"""The RR features with a unit; the others are ratios, free of the patient's heart rate."""
 RR_FEATURES = (
-    "pre_rr", "post_rr", "local_rr", "average_rr",
+    *RR_IN_SECONDS,
     "pre_over_local", "post_over_local", "pre_over_average", "post_over_average",
     "local_over_average",
 )  # fmt: skip

@@ -293,6 +293,9 @@ def fit(
     on_device = device.type == "cuda"
     x_all, y_all = train.x, train.y
     rr_all, groups_all = train.rr, groups
+    fibrillation = rr_pool is not None and augmentation is not None
+    if fibrillation:
+        rr_pool, n_class = rr_pool.to(device), classes.index("N")
     if on_device:  # the whole side fits in device memory: one copy, no per-batch transfers
         x_all, y_all = x_all.to(device), y_all.to(device)
         rr_all = None if rr_all is None else rr_all.to(device)
@@ -321,9 +324,9 @@ def fit(
             group = None if groups_all is None else groups_all[idx].to(device, non_blocking=True)
             if augmentation is not None:
                 x = augment(x, augmentation, fs, generator, paired)
-            if rr_pool is not None and rr is not None and augmentation is not None:
-                n_beats = y == classes.index("N")
-                rr = with_fibrillation_rr(rr, n_beats, rr_pool, augmentation.af_context, generator)
+            if fibrillation and rr is not None:
+                share = augmentation.af_context
+                rr = with_fibrillation_rr(rr, y == n_class, rr_pool, share, generator)
             loss = training_step(net, normalizer, loss_fn, optimizer, cfg, device, x, y, rr, group)
             total_loss += loss.item() * len(idx)
             seen += len(idx)
