@@ -36,20 +36,41 @@ from refit_steps import append_line, load_sides, sides_of
 
 from ecg.config import find_pipeline, load_config
 from ecg.decision import decide, macro_f1
+from ecg.evaluate import record_priors
 from ecg.pipeline import engine_for
 from ecg.preprocess import load_pieces
-from ecg.train import predict_proba, select_device, train_members
+from ecg.train import fold_prior, predict_proba, select_device, train_members
 
 
 def score(config, data, validated: bool, device: torch.device) -> float:
     """Macro-F1 on the data's test side of the ensemble trained on its training side."""
+    return scored(config, data, probabilities(config, data, validated, device))
+
+
+def probabilities(config, data, validated: bool, device: torch.device) -> np.ndarray:
+    """The test side's class probabilities from the ensemble trained on the training side."""
     val = data.sides["val"] if validated else None
     model, normalizer, _ = train_members(config, data, val, device, progress=False)
-    test = data.sides["test"]
     # train_members hands the model back on the CPU; predicting on the device it trained on
     # keeps a GPU run from waiting on two CPU threads
-    probabilities = predict_proba(model.to(device), normalizer.to(device), test, device)
-    return macro_f1(test.y.numpy(), decide(probabilities), data.classes)
+    return predict_proba(model.to(device), normalizer.to(device), data.sides["test"], device)
+
+
+def scored(config, data, proba: np.ndarray) -> float:
+    """Macro-F1 of the test side's decisions as the evaluate stage would take them from
+    ``proba`` (with ``evaluate.adapt_priors``, each record's beats under their own priors)."""
+    test = data.sides["test"]
+    if config.evaluate.adapt_priors == "record":
+        records = data.index.loc[test.rows, "record"].to_numpy()
+        proba, _ = record_priors(proba, records, fold_prior(config, data))
+    return macro_f1(test.y.numpy(), decide(proba), data.classes)
+
+
+def refit_data(config, steps: int, preprocess: Path, folder: Path, train, test):
+    """The configuration at ``steps`` epochs and its data: ``train`` rows to train on without a
+    validation side, ``test`` rows to score."""
+    config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=steps))
+    return config, load_sides(config, preprocess, folder, train, np.zeros_like(train), test)
 
 
 def refit(
@@ -57,8 +78,7 @@ def refit(
 ) -> float:
     """Macro-F1 on the ``test`` rows of the ensemble trained on the ``train`` rows without a
     validation side, for ``steps`` epochs."""
-    config = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=steps))
-    data = load_sides(config, preprocess, folder, train, np.zeros_like(train), test)
+    config, data = refit_data(config, steps, preprocess, folder, train, test)
     return score(config, data, validated=False, device=device)
 
 

@@ -17,6 +17,9 @@ uses the default's. Each ``--lever`` is one arm (its overrides together); severa
 training of the default per split, which on two CPU cores is half of a one-lever round. DS2 is
 never read.
 
+An arm that differs from another only in how the evaluate stage decides (``evaluate.*``, such as
+``evaluate.adapt_priors=record``) is scored on that arm's trained ensemble, not trained again.
+
 An arm may change the pieces themselves (``segment.*``, ``signal.*``) as long as it keeps the same
 beats in the same order, so that the splits are the same patients' same beats. Its pieces live
 in a data directory of its own, preprocessed first:
@@ -30,12 +33,13 @@ in a data directory of its own, preprocessed first:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import tempfile
 from pathlib import Path
 
 import torch
-from refit_ensemble import refit
+from refit_ensemble import probabilities, refit_data, scored
 from refit_steps import append_line, sides_of
 
 from ecg.config import find_pipeline, load_config
@@ -105,12 +109,19 @@ def main() -> None:
                 "overrides": args.levers[0] if len(names) == 1 else args.levers,
                 "device": str(device),
             }
+            trained: dict = {}  # training settings -> (data, probabilities), for arms that
+            # differ only in how the evaluate stage decides (evaluate.*): one training serves all
             for name, config in arms.items():
                 folder = Path(scratch) / f"{k}_{name.replace(' ', '_')}"
                 count = steps if name == "default" else own
-                row[name] = refit(
-                    config, count, preprocess[name], folder, ds1 & ~val[k], val[k], device
+                config, data = refit_data(
+                    config, count, preprocess[name], folder, ds1 & ~val[k], val[k]
                 )
+                key = dataclasses.replace(config, evaluate=arms["default"].evaluate)
+                if key not in trained:
+                    trained[key] = data, probabilities(config, data, False, device)
+                data, proba = trained[key]
+                row[name] = scored(config, data, proba)
             rows.append(row)
             scores = ", ".join(f"{name} {row[name]:.4f}" for name in arms)
             print(f"outer {k} ({steps} / {own} steps): {scores}", flush=True)

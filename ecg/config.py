@@ -365,6 +365,10 @@ class EvaluateConfig:
     seed: int = 0
     pool: Literal["mean", "majority"] = "mean"
     """PTB: how window predictions become one per record and per patient."""
+    adapt_priors: Literal["none", "record"] = "none"
+    """``record``: each test record's class priors estimated from its own beats, without labels,
+    and its probabilities re-weighted to them before the arg-max (``ecg.priors``, Saerens et al.
+    2002). Measured nested in DS1: ``benchmarks/quality.md``, twenty-fourth round."""
 
     def __post_init__(self) -> None:
         _check(self.bootstrap >= 0, "bootstrap", "zero (no intervals) or more resamples")

@@ -21,6 +21,7 @@ import torch
 
 from ecg.dataset import load_fold
 from ecg.engine import StageContext
+from ecg.errors import EcgError
 from ecg.metrics import (
     bootstrap_by_group,
     breakdown,
@@ -29,6 +30,7 @@ from ecg.metrics import (
     roc_auc_per_class,
 )
 from ecg.plots import confusion_matrix_png
+from ecg.priors import adapt_by_group
 from ecg.tracking import Tracker
 from ecg.train import load_classifier, predict_proba, select_device
 
@@ -162,6 +164,7 @@ def evaluate_stage(ctx: StageContext) -> None:
     frames = []
     classes: list[str] = []
     set_aside: dict = {}
+    priors: dict[str, list[float]] = {}
     for fold in range(run["folds"]):
         model, normalizer, spec = load_classifier(ctx.inputs["train"] / f"fold_{fold}" / "model.pt")
         classes = spec["classes"]
@@ -179,6 +182,10 @@ def evaluate_stage(ctx: StageContext) -> None:
         test = data.sides["test"]
         with torch.no_grad():
             proba = predict_proba(model.to(device), normalizer.to(device), test, device)
+        if cfg.adapt_priors == "record":
+            records = data.index.loc[test.rows, "record"].to_numpy()
+            proba, estimated = record_priors(proba, records, _train_prior(spec, fold))
+            priors.update(estimated)
         frames.append(
             _prediction_table(data.index, test.rows, test.y.numpy(), proba, classes, fold)
         )
@@ -195,6 +202,11 @@ def evaluate_stage(ctx: StageContext) -> None:
         "test": score(predictions, classes, cfg.bootstrap, cfg.confidence, cfg.seed),
         "per_record": per_record(predictions, classes),
     }
+    if priors:
+        result["record_priors"] = {
+            "method": "EM on each record's own probabilities (Saerens et al. 2002)",
+            "estimated": priors,
+        }
     if "rhythm" in predictions:
         result["per_rhythm"] = per_rhythm(predictions, classes)
     if run["folds"] > 1:
@@ -214,6 +226,26 @@ def evaluate_stage(ctx: StageContext) -> None:
     np.savez_compressed(ctx.out / "examples.npz", **examples)
     _write(ctx, result, predictions, run)
     _log_headline(result)
+
+
+def record_priors(
+    proba: np.ndarray, records: np.ndarray, train_prior: np.ndarray
+) -> tuple[np.ndarray, dict[str, list[float]]]:
+    """The test pieces' probabilities under each record's own estimated priors, and the priors.
+    Shared with ``benchmarks/refit_lever.py``, which scores the option nested in DS1."""
+    adapted, estimated = adapt_by_group(proba, np.asarray(records).astype(str), train_prior)
+    return adapted.astype(np.float32), {
+        record: [round(float(v), 4) for v in prior] for record, prior in estimated.items()
+    }
+
+
+def _train_prior(spec: dict, fold: int) -> np.ndarray:
+    if "train_prior" not in spec:
+        raise EcgError(
+            f"evaluate.adapt_priors: the model of fold {fold} does not record the class prior it "
+            "was trained under (it was trained before ecg stored it); train it again"
+        )
+    return np.asarray(spec["train_prior"])
 
 
 def example_beats(

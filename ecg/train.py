@@ -107,6 +107,30 @@ def class_weights(
     return (weights / weights.mean()).float()
 
 
+def training_prior(
+    train: Side, groups: torch.Tensor | None, classes: list[str], cfg: TrainConfig
+) -> np.ndarray:
+    """The class prior the training loss implies: each class's share of the (sampled) training
+    pieces times its weight. Under 1/n weights it is even across classes, whatever the counts;
+    ``evaluate.adapt_priors`` needs it, as the prior the model's probabilities were made under.
+    """
+    n_classes = len(classes)
+    labels = train.y if groups is None else groups
+    class_of = torch.arange(n_classes)
+    if groups is not None:  # the extra group (``weight_groups``) holds N beats
+        class_of = torch.cat([class_of, torch.tensor([classes.index("N")])])
+    mass = torch.bincount(labels, minlength=len(class_of)).double()
+    if cfg.sampler == "balanced":
+        # every class is drawn equally often; the groups of one class in their own proportion
+        per_class = torch.zeros(n_classes, dtype=torch.float64).index_add_(0, class_of, mass)
+        mass = mass / per_class[class_of].clamp_min(1)
+    weights = class_weights(labels, len(class_of), cfg.class_weights, cfg.class_weight_power)
+    if weights is not None:
+        mass = mass * weights.double()
+    prior = torch.zeros(n_classes, dtype=torch.float64).index_add_(0, class_of, mass)
+    return (prior / prior.sum()).numpy()
+
+
 def kept_weights(cfg: TrainConfig) -> str:
     """What a run without validation patients keeps, in words."""
     if cfg.average_epochs > 1:
@@ -779,6 +803,13 @@ def train_members(
     return (Ensemble(members) if len(members) > 1 else members[0]), normalizer, states
 
 
+def fold_prior(config: PipelineConfig, data: FoldData) -> np.ndarray:
+    """``training_prior`` of a fold's training side under the configuration's weights."""
+    train = data.sides["train"]
+    groups = weight_groups(train, data.index, data.classes, config.train.weight_rhythms)
+    return training_prior(train, groups, data.classes, config.train)
+
+
 def model_spec(config, data, n_rr: int) -> dict:
     """Everything needed to rebuild the model and prepare its input, stored beside the weights."""
     return {
@@ -791,6 +822,7 @@ def model_spec(config, data, n_rr: int) -> dict:
         "signal": to_dict(config.signal),
         "segment": to_dict(config.segment),
         "window_samples": int(data.meta["window_samples"]),
+        "train_prior": fold_prior(config, data).tolist(),
         "database": config.download.database,
     }
 

@@ -39,3 +39,29 @@ def test_an_arm_that_changes_the_pieces_needs_its_own_fresh_pieces_of_the_same_b
     assert "not the default's" in refit_lever._other_pieces(
         engine_for(load_config(path, own)), folder, index.iloc[:-1]
     )
+
+
+def test_arms_that_differ_only_in_the_evaluate_stage_share_one_training(
+    tmp_path, monkeypatch, capsys
+):
+    """``evaluate.adapt_priors`` decides from the same probabilities as the default; training it
+    again would double a round's cost for the same model."""
+    import numpy as np
+
+    path = _smoke_pipeline(tmp_path)
+    assert main(["run", "--config", str(path), "--until", "preprocess"]) == 0
+    trained = []
+
+    def probabilities(config, data, validated, device):
+        trained.append(config.train.lr)
+        rng = np.random.default_rng(len(trained))
+        return rng.dirichlet(np.ones(len(data.classes)), size=len(data.sides["test"]))
+
+    monkeypatch.setattr(refit_lever, "probabilities", probabilities)
+    arms = ["--lever", "evaluate.adapt_priors=record", "--lever", "train.lr=0.001"]
+    argv = [str(path), "--outer", "0", "--folds", "2", "--refit-steps", "1", *arms]
+    monkeypatch.setattr(sys, "argv", ["refit_lever.py", *argv])
+    refit_lever.main()
+    assert trained == [0.003, 0.001]  # the default and the other learning rate; not lever 1
+    scores = capsys.readouterr().out.splitlines()[-3]
+    assert scores.startswith("mean: default") and "lever 1" in scores
