@@ -368,7 +368,9 @@ class EvaluateConfig:
     adapt_priors: Literal["none", "record"] = "none"
     """``record``: each test record's class priors estimated from its own beats, without labels,
     and its probabilities re-weighted to them before the arg-max (``ecg.priors``, Saerens et al.
-    2002). Measured nested in DS1: ``benchmarks/quality.md``, twenty-fourth round."""
+    2002). Off by default: nested in DS1 it lost 0.108 macro-F1, because EM drives S's prior to
+    zero in patients with a few percent of S beats and calls all of them N
+    (``benchmarks/quality.md``, twenty-fourth round)."""
 
     def __post_init__(self) -> None:
         _check(self.bootstrap >= 0, "bootstrap", "zero (no intervals) or more resamples")
