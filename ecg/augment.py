@@ -108,11 +108,67 @@ def with_fibrillation_rr(
     pool: torch.Tensor,
     share: float,
     generator: torch.Generator,
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A copy of ``rr`` in which about ``share`` of the ``eligible`` rows (N beats) take a random
-    row of ``pool`` (from ``fibrillation_rr``)."""
+    row of ``pool`` (from ``fibrillation_rr``), and the mask of those rows."""
     chosen = eligible & (torch.rand(len(rr), generator=generator) < share).to(rr.device)
     picks = torch.randint(len(pool), (int(chosen.sum()),), generator=generator)
     out = rr.clone()
     out[chosen] = pool[picks].to(rr.device)
-    return out
+    return out, chosen
+
+
+P_WAVE_END_S = 0.08
+"""Before its R peak, where an N beat's P wave has ended: in MIT-BIH at 128 Hz the mean N beat of
+records 100, 101, 112 and 222 in sinus rhythm is back at its baseline 0.08-0.1 s before R, where
+the PR segment runs into the QRS."""
+
+F_WAVE_HZ = (5.0, 9.0)
+F_WAVE_MV = 0.05
+"""Fibrillatory waves: 300-540 a minute, up to 0.05 mV, small beside a P wave (about 0.1 mV in the
+records above), as in the limb leads."""
+
+
+def without_p_wave(
+    x: torch.Tensor,
+    chosen: torch.Tensor,
+    fs: float,
+    pre_s: float,
+    generator: torch.Generator,
+    paired: bool = False,
+) -> torch.Tensor:
+    """A copy of ``x`` (batch, time, channels, mV) in which the ``chosen`` beats have no P wave:
+    from the window's start to ``P_WAVE_END_S`` before R the signal is a straight line between
+    its two ends plus fibrillatory waves of a random rate, size and phase, faded in and out.
+
+    With a beat-minus-template channel, the record's typical beat loses its P wave too (its line
+    between the same two points): the beat then looks like a beat of a patient in fibrillation,
+    whose typical beat has none, not like a beat whose P wave went missing.
+    """
+    cut = round((pre_s - P_WAVE_END_S) * fs)
+    n = int(chosen.sum())
+    if cut < 2 or n == 0:
+        return x
+    channels = x.shape[2]
+    leads = channels // 2 if paired else channels
+
+    def draw():
+        return torch.rand(n, 1, 1, generator=generator).to(x.device)
+
+    ramp = (torch.arange(cut, device=x.device, dtype=x.dtype) / cut)[None, :, None]
+
+    def line(signal: torch.Tensor) -> torch.Tensor:
+        return signal[:, :1] + (signal[:, cut : cut + 1] - signal[:, :1]) * ramp
+
+    beats = x[chosen, : cut + 1, :leads]
+    rate = F_WAVE_HZ[0] + (F_WAVE_HZ[1] - F_WAVE_HZ[0]) * draw()
+    size, phase = F_WAVE_MV * draw(), 2 * torch.pi * draw()
+    t = ramp * cut / fs
+    waves = size * torch.sin(2 * torch.pi * rate * t + phase) * torch.sin(torch.pi * ramp)
+    y = x.clone()
+    new = line(beats) + waves
+    y[chosen, :cut, :leads] = new
+    if paired:
+        typical = beats - x[chosen, : cut + 1, leads:]
+        y[chosen, :cut, leads:] = new - line(typical)
+    return y

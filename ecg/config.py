@@ -334,10 +334,19 @@ class AugmentConfig:
     af_cv: float = 0.2
     """Coefficient of variation of the simulated fibrillation's RR intervals (DS1's 201 and 203:
     ``rr_irregularity`` 0.21 and 0.29; independent intervals with CV 0.2 give about 0.19)."""
+    af_waveform: bool = False
+    """The beats given a fibrillation context (``af_context``) also lose their P wave, replaced by
+    small fibrillatory waves (``ecg.augment.without_p_wave``): in fibrillation there is none, and
+    an early beat with a P wave is what an S beat is. Needs ``af_context``."""
 
     def __post_init__(self) -> None:
         _check(0 <= self.af_context < 1, "af_context", "a share in [0, 1)")
         _check(0 < self.af_cv < 1, "af_cv", "a coefficient of variation in (0, 1)")
+        _check(
+            not self.af_waveform or self.af_context > 0,
+            "af_waveform",
+            "false unless af_context gives some beats a fibrillation context to match",
+        )
         for key in ("noise_mv", "baseline_mv", "scale", "shift_s", "template_dropout"):
             _check(getattr(self, key) >= 0, key, "zero (off) or a positive amount")
         _check(self.scale < 1, "scale", "a fraction below 1")

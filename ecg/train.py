@@ -35,7 +35,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ecg import __version__
-from ecg.augment import augment, fibrillation_rr, with_fibrillation_rr
+from ecg.augment import augment, fibrillation_rr, with_fibrillation_rr, without_p_wave
 from ecg.config import AugmentConfig, PipelineConfig, TrainConfig, flatten, to_dict
 from ecg.dataset import FoldData, Side, load_fold
 from ecg.digests import sha256_file
@@ -291,11 +291,13 @@ def fit(
     paired: bool = False,
     groups: torch.Tensor | None = None,
     rr_pool: torch.Tensor | None = None,
+    pre_s: float = 0.25,
 ) -> FitState:
     """Train ``model`` and return the state holding the weights of its best validation epoch;
     with no ``val``, train all ``cfg.epochs`` at a constant learning rate and keep the last.
     ``groups`` (from ``weight_groups``) weight the loss by group instead of by class;
-    ``rr_pool`` (from ``fibrillation_rr``) gives some N beats a fibrillation context."""
+    ``rr_pool`` (from ``fibrillation_rr``) gives some N beats a fibrillation context;
+    ``pre_s``, the window's start before R, says where their P wave is (``augment.af_waveform``)."""
     rank, world = distributed()
     model.to(device)
     normalizer.to(device)
@@ -350,7 +352,9 @@ def fit(
                 x = augment(x, augmentation, fs, generator, paired)
             if fibrillation and rr is not None:
                 share = augmentation.af_context
-                rr = with_fibrillation_rr(rr, y == n_class, rr_pool, share, generator)
+                rr, chosen = with_fibrillation_rr(rr, y == n_class, rr_pool, share, generator)
+                if augmentation.af_waveform:
+                    x = without_p_wave(x, chosen, fs, pre_s, generator, paired)
             loss = training_step(net, normalizer, loss_fn, optimizer, cfg, device, x, y, rr, group)
             total_loss += loss.item() * len(idx)
             seen += len(idx)
@@ -796,6 +800,7 @@ def train_members(
                 paired=config.segment.beat_template,
                 groups=member_groups,
                 rr_pool=rr_pool,
+                pre_s=config.segment.pre_s,
             )
         )
         members.append(model.cpu())

@@ -178,6 +178,10 @@ def test_averaged_epochs_are_at_most_the_epochs(tmp_path):
             [
                 ("augment.af_context=1", r"af_context: a share in \[0, 1\)"),
                 ("augment.af_cv=0", r"af_cv: a coefficient of variation in \(0, 1\)"),
+                (
+                    ("augment.af_context=0", "augment.af_waveform=true"),
+                    r"af_waveform: false unless af_context",
+                ),
             ],
         ),
     ],
@@ -190,4 +194,4 @@ def test_a_setting_is_read_and_its_impossible_values_refused(
     assert getattr(getattr(load_config(path), section), key) == value
     for override, message in refused:
         with pytest.raises(ConfigError, match=message):
-            load_config(path, [override])
+            load_config(path, [override] if isinstance(override, str) else list(override))

@@ -231,12 +231,13 @@ def test_only_n_beats_take_a_fibrillation_context_and_reproducibly():
     rr = torch.zeros(1000, 2)
     n_beats = torch.arange(1000) % 2 == 0
     pool = torch.tensor([[0.7, 0.3], [1.3, 0.2]])
-    out = with_fibrillation_rr(rr, n_beats, pool, 0.5, torch.Generator().manual_seed(0))
+    out, chosen = with_fibrillation_rr(rr, n_beats, pool, 0.5, torch.Generator().manual_seed(0))
     changed = (out != 0).any(dim=1)
+    assert torch.equal(changed, chosen)
     assert not changed[~n_beats].any()
     assert 0.4 < changed[n_beats].float().mean() < 0.6
     assert (out[changed][:, None, :] == pool[None]).all(dim=2).any(dim=1).all()  # pool rows
-    again = with_fibrillation_rr(rr, n_beats, pool, 0.5, torch.Generator().manual_seed(0))
+    again, _ = with_fibrillation_rr(rr, n_beats, pool, 0.5, torch.Generator().manual_seed(0))
     assert torch.equal(out, again) and (rr == 0).all()
 
 
@@ -260,9 +261,40 @@ def test_training_with_a_fibrillation_context_learns_and_differs(tmp_path):
     assert any(
         not torch.equal(a, b) for a, b in zip(model.parameters(), plain.parameters(), strict=True)
     )
+    waveform = load_config(path, [*overrides, "augment.af_context=0.3", "augment.af_waveform=true"])
+    without_p, _, _ = train_members(waveform, data, None, torch.device("cpu"), progress=False)
+    assert any(
+        not torch.equal(a, b)
+        for a, b in zip(model.parameters(), without_p.parameters(), strict=True)
+    )
     wrong = FoldData(["a", "b"], data.rr_names, data.sides, index, {}, {})
     with pytest.raises(EcgError, match="af_context: acts on N beats"):
         train_members(context, wrong, None, torch.device("cpu"), progress=False)
+
+
+def test_a_beat_without_its_p_wave_keeps_its_qrs_and_its_typical_beat_loses_it_too():
+    from ecg.augment import P_WAVE_END_S, without_p_wave
+
+    fs, pre_s = 128.0, 0.25
+    t = np.arange(90) / fs - pre_s  # seconds from R
+    p_wave = 0.12 * np.exp(-((t + 0.16) ** 2) / (2 * 0.02**2))
+    qrs = np.exp(-(t**2) / (2 * 0.012**2))
+    beat = torch.tensor(p_wave + qrs + 0.02 * t, dtype=torch.float32)
+    # two leads' worth: the beat and beat minus its record's typical beat (here: itself)
+    x = torch.stack([beat, torch.zeros(90)], dim=1)[None].repeat(6, 1, 1)
+    chosen = torch.tensor([True, False, True, True, False, True])
+    y = without_p_wave(x, chosen, fs, pre_s, torch.Generator().manual_seed(0), paired=True)
+    cut = round((pre_s - P_WAVE_END_S) * fs)
+    assert torch.equal(y[~chosen], x[~chosen])
+    assert torch.equal(y[:, cut:], x[:, cut:])  # the PR segment's end, the QRS and after
+    line = beat[0] + (beat[cut] - beat[0]) * torch.arange(cut) / cut
+    assert (y[chosen, :cut, 0] - line).abs().max() <= 0.05 + 1e-6  # fibrillatory waves only
+    assert (x[chosen, :cut, 0] - line).abs().max() > 0.1  # where the P wave was
+    # the typical beat lost its P wave the same way, so beat minus typical is the waves alone
+    torch.testing.assert_close(y[chosen, :cut, 1], y[chosen, :cut, 0] - line.expand(4, -1))
+    again = without_p_wave(x, chosen, fs, pre_s, torch.Generator().manual_seed(0), paired=True)
+    assert torch.equal(y, again)
+    assert not torch.equal(y[0], y[2])  # each beat its own waves
 
 
 def test_augmentation_perturbs_training_beats_reproducibly():
