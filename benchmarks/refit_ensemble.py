@@ -57,13 +57,18 @@ def probabilities(config, data, validated: bool, device: torch.device) -> np.nda
 
 
 def scored(config, data, proba: np.ndarray) -> float:
-    """Macro-F1 of the test side's decisions as the evaluate stage would take them from
-    ``proba`` (with ``evaluate.adapt_priors``, each record's beats under their own priors)."""
+    """Macro-F1 of the test side's decisions (``decisions``)."""
+    return macro_f1(data.sides["test"].y.numpy(), decisions(config, data, proba), data.classes)
+
+
+def decisions(config, data, proba: np.ndarray) -> np.ndarray:
+    """The test side's classes as the evaluate stage would take them from ``proba`` (with
+    ``evaluate.adapt_priors``, each record's beats under their own priors)."""
     test = data.sides["test"]
     if config.evaluate.adapt_priors == "record":
         records = data.index.loc[test.rows, "record"].to_numpy()
         proba, _ = record_priors(proba, records, fold_prior(config, data))
-    return macro_f1(test.y.numpy(), decide(proba), data.classes)
+    return decide(proba)
 
 
 def refit_data(config, steps: int, preprocess: Path, folder: Path, train, test):

@@ -39,10 +39,11 @@ import tempfile
 from pathlib import Path
 
 import torch
-from refit_ensemble import probabilities, refit_data, scored
+from refit_ensemble import decisions, probabilities, refit_data
 from refit_steps import append_line, sides_of
 
 from ecg.config import find_pipeline, load_config
+from ecg.metrics import confusion, from_confusion
 from ecg.pipeline import engine_for
 from ecg.preprocess import load_pieces
 from ecg.train import select_device
@@ -121,10 +122,21 @@ def main() -> None:
                 if key not in trained:
                     trained[key] = data, probabilities(config, data, False, device)
                 data, proba = trained[key]
-                row[name] = scored(config, data, proba)
+                y = data.sides["test"].y.numpy()
+                classes = data.classes
+                metrics = from_confusion(
+                    confusion(y, decisions(config, data, proba), len(classes)), classes
+                )
+                row[name] = metrics["macro_f1"]
+                row[f"{name} F1"] = {c: round(metrics[f"{c}_f1"], 4) for c in classes}
             rows.append(row)
             scores = ", ".join(f"{name} {row[name]:.4f}" for name in arms)
             print(f"outer {k} ({steps} / {own} steps): {scores}", flush=True)
+            by_class = "; ".join(
+                f"{name} " + " ".join(f"{v:.3f}" for v in row[f"{name} F1"].values())
+                for name in arms
+            )
+            print(f"  F1 by class ({' '.join(classes)}): {by_class}", flush=True)
             append_line(args.out, row)
     means = {name: statistics.mean(r[name] for r in rows) for name in arms}
     gains = ", ".join(f"{name} - default {means[name] - means['default']:+.4f}" for name in names)

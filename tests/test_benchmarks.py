@@ -63,5 +63,7 @@ def test_arms_that_differ_only_in_the_evaluate_stage_share_one_training(
     monkeypatch.setattr(sys, "argv", ["refit_lever.py", *argv])
     refit_lever.main()
     assert trained == [0.003, 0.001]  # the default and the other learning rate; not lever 1
-    scores = capsys.readouterr().out.splitlines()[-3]
-    assert scores.startswith("mean: default") and "lever 1" in scores
+    out = capsys.readouterr().out.splitlines()
+    assert out[-3].startswith("mean: default") and "lever 1" in out[-3]
+    assert out[1].startswith("  F1 by class (N S V F): default ")  # per arm, for a diagnosis
+    assert "; lever 1 " in out[1] and "; lever 2 " in out[1]
