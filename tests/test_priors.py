@@ -129,3 +129,8 @@ def test_the_evaluate_stage_scores_each_record_under_its_own_priors(tmp_path):
         np.testing.assert_allclose(after.loc[rows, columns].to_numpy(), expected, atol=2e-3)
         assert sum(prior) == pytest.approx(1.0, abs=1e-3)
     assert (after["predicted"] != before["predicted"]).any()
+    report = (plain.parent / "report.md").read_text()
+    assert "## Each record's estimated class priors" in report
+    record, prior = next(iter(sorted(estimated.items())))
+    share = (before.loc[before["record"].astype(str) == record, "true"] == "N").mean()
+    assert f"| {record} | {100 * prior[0]:.1f} ({100 * share:.1f}) |" in report

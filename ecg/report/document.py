@@ -99,6 +99,8 @@ def build(run: RunData, figures: Path, compare: list[RunData] = ()) -> Document:
     _data(doc, run)
     _training(doc, run, figures)
     _test(doc, run, figures)
+    if "record_priors" in run.metrics:
+        _record_priors(doc, run)
     if "levels" in run.metrics:
         _levels(doc, run)
     _per_unit(doc, run, figures, "patient" if database == "ptbdb" else "record")
@@ -309,6 +311,38 @@ def _test(doc: Document, run: RunData, figures: Path) -> None:
             ),
             _class_table(strict["metrics"], strict["ci"], classes),
         )
+
+
+def _record_priors(doc: Document, run: RunData) -> None:
+    """With ``evaluate.adapt_priors``, every number above comes from probabilities re-weighted to
+    each record's estimated priors; a reader must be told, and shown how good the estimates were."""
+    estimated = run.metrics["record_priors"]["estimated"]
+    classes = run.classes
+    truth = (
+        run.predictions.assign(record=run.predictions["record"].astype(str))
+        .groupby("record")["true"]
+        .value_counts(normalize=True)
+        .unstack(fill_value=0.0)
+        .reindex(columns=classes, fill_value=0.0)
+    )
+    rows = [
+        [record, *[f"{pct(prior[i])} ({pct(truth.loc[record, c])})" for i, c in enumerate(classes)]]
+        for record, prior in sorted(estimated.items())
+    ]
+    doc.add(
+        Heading(2, "Each record's estimated class priors"),
+        Paragraph(
+            "The decisions above were taken after re-weighting each test record's probabilities "
+            "to that record's own class priors, estimated from all its beats without labels by "
+            "EM (Saerens et al. 2002; evaluate.adapt_priors: record). Where the estimate of a "
+            "class falls to zero, that record's beats of the class are called something else."
+        ),
+        Table(
+            ["record", *classes],
+            rows,
+            "estimated share of each class, % (true share in brackets)",
+        ),
+    )
 
 
 LEVEL_METRICS = (
