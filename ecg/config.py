@@ -337,7 +337,9 @@ class AugmentConfig:
     af_waveform: bool = False
     """The beats given a fibrillation context (``af_context``) also lose their P wave, replaced by
     small fibrillatory waves (``ecg.augment.without_p_wave``): in fibrillation there is none, and
-    an early beat with a P wave is what an S beat is. Needs ``af_context``."""
+    an early beat with a P wave is what an S beat is. Needs ``af_context``. With the twenty-third
+    round's settings it was level with the default nested in DS1 (-0.0015) and 0.015 ahead of the
+    same context with the P wave kept (``benchmarks/quality.md``, twenty-fifth round)."""
 
     def __post_init__(self) -> None:
         _check(0 <= self.af_context < 1, "af_context", "a share in [0, 1)")
