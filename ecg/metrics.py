@@ -97,12 +97,8 @@ def bootstrap_by_group(
     """Percentile intervals of every confusion-derived metric, resampling groups (records)."""
     if resamples == 0:
         return {}
-    names, inverse = np.unique(groups, return_inverse=True)
-    n = len(classes)
-    per_group = np.zeros((len(names), n, n), dtype=np.int64)
-    np.add.at(per_group, (inverse, y_true, y_pred), 1)
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(names), size=(resamples, len(names)))
+    per_group = _per_group(y_true, y_pred, groups, len(classes))
+    draws = _draws(len(per_group), resamples, seed)
     samples: dict[str, list[float]] = {}
     for draw in draws:
         for key, value in from_confusion(per_group[draw].sum(axis=0), classes).items():
@@ -119,3 +115,47 @@ def bootstrap_by_group(
         else:
             intervals[key] = (float(np.quantile(arr, alpha)), float(np.quantile(arr, 1 - alpha)))
     return intervals
+
+
+def paired_difference(
+    y_true: np.ndarray,
+    pred_a: np.ndarray,
+    pred_b: np.ndarray,
+    groups: np.ndarray,
+    classes: Sequence[str],
+    key: str = "macro_f1",
+    resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """``key`` of b minus ``key`` of a on the same pieces, with a percentile interval from
+    resampling groups (patients): both decisions see the same draws, so what the patients have
+    in common cancels and the interval is that of the difference, not of either score."""
+    n = len(classes)
+    a, b = (_per_group(y_true, pred, groups, n) for pred in (pred_a, pred_b))
+
+    def diff(rows) -> float:
+        return (
+            from_confusion(b[rows].sum(axis=0), classes)[key]
+            - from_confusion(a[rows].sum(axis=0), classes)[key]
+        )
+
+    point = diff(np.arange(len(a)))
+    values = np.asarray([diff(draw) for draw in _draws(len(a), resamples, seed)])
+    values = values[~np.isnan(values)]
+    alpha = (1 - confidence) / 2
+    if len(values) == 0:
+        return point, float("nan"), float("nan")
+    return point, float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))
+
+
+def _per_group(y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray, n: int) -> np.ndarray:
+    """One confusion matrix per group (in sorted group order): a replicate is a sum of them."""
+    names, inverse = np.unique(groups, return_inverse=True)
+    per_group = np.zeros((len(names), n, n), dtype=np.int64)
+    np.add.at(per_group, (inverse, y_true, y_pred), 1)
+    return per_group
+
+
+def _draws(n_groups: int, resamples: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, n_groups, size=(resamples, n_groups))

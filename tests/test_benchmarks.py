@@ -64,6 +64,8 @@ def test_arms_that_differ_only_in_the_evaluate_stage_share_one_training(
     refit_lever.main()
     assert trained == [0.003, 0.001]  # the default and the other learning rate; not lever 1
     out = capsys.readouterr().out.splitlines()
-    assert out[-3].startswith("mean: default") and "lever 1" in out[-3]
+    assert out[2].startswith("mean: default") and "lever 1" in out[2]
     assert out[1].startswith("  F1 by class (N S V F): default ")  # per arm, for a diagnosis
     assert "; lever 1 " in out[1] and "; lever 2 " in out[1]
+    assert out[3].startswith("pooled over the held-out sides (") and "lever 2 0." in out[3]
+    assert out[4].startswith("  lever 1 - default ") and "(95 % CI by patient)" in out[4]

@@ -91,3 +91,25 @@ def test_breakdown_counts_each_groups_truth_and_confusions_most_frequent_first()
     }
     assert list(groups["b"]["confusions"].values()) == [2, 1]
     assert groups["a"]["confusions"] == {"S->N": 1}
+
+
+def test_a_paired_difference_resamples_patients_together():
+    from ecg.metrics import bootstrap_by_group, from_confusion, paired_difference
+
+    rng = np.random.default_rng(0)
+    classes = ["N", "S"]
+    patients = np.repeat(np.arange(20), 100)
+    y = (rng.random(2000) < 0.3).astype(int)
+    # how hard a patient is varies a lot; b gets right a few more of every patient's beats
+    hard = np.repeat(rng.random(20) * 0.6, 100)
+    a = np.where(rng.random(2000) < hard, 1 - y, y)
+    b = np.where(rng.random(2000) < 0.1, y, a)
+    point, low, high = paired_difference(y, a, b, patients, classes)
+    expected = (
+        from_confusion(confusion(y, b, 2), classes)["macro_f1"]
+        - from_confusion(confusion(y, a, 2), classes)["macro_f1"]
+    )
+    assert point == pytest.approx(expected) and 0 < low < point < high
+    a_low, a_high = bootstrap_by_group(y, a, patients, classes)["macro_f1"]
+    assert high - low < (a_high - a_low) / 3  # the patients' spread cancels in the difference
+    assert paired_difference(y, a, a, patients, classes) == (0.0, 0.0, 0.0)
