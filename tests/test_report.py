@@ -202,3 +202,21 @@ def test_test_beats_are_also_reported_by_their_reference_rhythm(two_runs):
     metrics = json.loads((folder / "metrics.json").read_text())
     logged = {row["rhythm"] or "(none)": row["n"] for row in metrics["per_rhythm"]}
     assert logged == counts.to_dict()
+
+
+def test_published_figures_say_which_were_checked_and_against_what(two_runs):
+    from ecg.report.document import published_results
+
+    anchors = [a for database in published_results().values() for a in database]
+    for a in anchors:
+        assert a["work"] and a["protocol"] and a["source"]
+        assert a["checked"] is False or (isinstance(a["checked"], str) and a["checked"])
+    root, _, first, _ = two_runs
+    text = (root / "reports" / "smoke" / first / "report.md").read_text()
+    section = text[text.index("## Against published results") :]
+    unchecked = re.search(r"checked against the papers: (.*?)\. Sources:", section, re.S)
+    mitdb = published_results()["mitdb"]
+    assert unchecked.group(1).split(", ") == [a["work"] for a in mitdb if not a["checked"]]
+    for a in (a for a in mitdb if a["checked"]):
+        assert f"Checked against {a['checked']}." in section
+        assert a["work"] not in unchecked.group(1)

@@ -567,7 +567,13 @@ def _published(doc: Document, run: RunData, database: str) -> None:
                 + ". Sources:"
             )
         )
-    doc.add(Paragraph(" ".join(f"[{a['work']}] {a['source']}" for a in anchors)))
+    doc.add(Paragraph(" ".join(_source(a) for a in anchors)))
+
+
+def _source(anchor: dict) -> str:
+    checked = anchor.get("checked")
+    against = f" Checked against {checked}." if isinstance(checked, str) and checked else ""
+    return f"[{anchor['work']}] {anchor['source']}{against}"
 
 
 def _compare(doc: Document, runs: list[RunData]) -> None:
