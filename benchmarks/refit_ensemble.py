@@ -32,14 +32,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from refit_steps import append_line, load_sides, sides_of
+from refit_steps import append_line, load_sides, nested_setup
 
 from ecg.config import find_pipeline, load_config
 from ecg.decision import decide, macro_f1
 from ecg.evaluate import record_priors
-from ecg.pipeline import engine_for
-from ecg.preprocess import load_pieces
-from ecg.train import fold_prior, predict_proba, select_device, train_members
+from ecg.train import fold_prior, predict_proba, train_members
 
 
 def score(config, data, validated: bool, device: torch.device) -> float:
@@ -107,12 +105,8 @@ def main() -> None:
             "the early-stopped arm needs validation patients: "
             "--set split.val_fraction=0.2 --set train.epochs=15"
         )
-    torch.set_num_threads(config.train.threads or 2)
-    device = select_device(args.device)
-    preprocess = engine_for(config).out_dir("preprocess")
-    _, index, _ = load_pieces(preprocess)
-    seeds = list(range(args.folds))
-    ds1, val = sides_of(index, config, seeds)
+    device, preprocess, _, ds1, val = nested_setup(config, args.device, args.folds)
+    seeds = list(val)
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for k, steps in zip(args.outer, args.refit_steps, strict=True):

@@ -59,6 +59,17 @@ def sides_of(index: pd.DataFrame, config, seeds: list[int]) -> tuple[np.ndarray,
     return ds1, {seed: (split == "val").to_numpy() for seed, split in splits.items()}
 
 
+def nested_setup(config, device: str, folds: int):
+    """What every nested comparison starts from: the device, the pieces' folder and index, DS1's
+    rows and each of the ``folds`` split seeds' validation rows."""
+    torch.set_num_threads(config.train.threads or 2)
+    chosen = select_device(device)
+    preprocess = engine_for(config).out_dir("preprocess")
+    _, index, _ = load_pieces(preprocess)
+    ds1, val = sides_of(index, config, list(range(folds)))
+    return chosen, preprocess, index, ds1, val
+
+
 def load_sides(config, preprocess: Path, folder: Path, train, val, test):
     """Tensors of three row masks, through the pipeline's own loader."""
     side = np.full(len(train), "excluded", dtype=object)
@@ -130,12 +141,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
     args = parser.parse_args()
     config = load_config(find_pipeline(args.pipeline), args.overrides)
-    torch.set_num_threads(config.train.threads or 2)
-    device = select_device(args.device)
-    preprocess = engine_for(config).out_dir("preprocess")
-    _, index, _ = load_pieces(preprocess)
-    seeds = list(range(args.folds))
-    ds1, val = sides_of(index, config, seeds)
+    device, preprocess, _, ds1, val = nested_setup(config, args.device, args.folds)
+    seeds = list(val)
     if args.choose:
         choose(config, preprocess, ds1, val, args, device)
         return
