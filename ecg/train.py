@@ -124,7 +124,7 @@ def training_prior(
         # every class is drawn equally often; the groups of one class in their own proportion
         per_class = torch.zeros(n_classes, dtype=torch.float64).index_add_(0, class_of, mass)
         mass = mass / per_class[class_of].clamp_min(1)
-    weights = class_weights(labels, len(class_of), cfg.class_weights, cfg.class_weight_power)
+    weights = loss_weights(train.y, groups, n_classes, cfg)
     if weights is not None:
         mass = mass * weights.double()
     prior = torch.zeros(n_classes, dtype=torch.float64).index_add_(0, class_of, mass)
@@ -441,18 +441,26 @@ def training_loss(
     y: torch.Tensor, groups: torch.Tensor | None, n_classes: int, cfg: TrainConfig, device
 ) -> nn.Module:
     """The loss ``cfg`` asks for, weighted by the training side's class (or group) counts."""
-    weights = class_weights(
-        y if groups is None else groups,
-        n_classes + (groups is not None),
-        cfg.class_weights,
-        cfg.class_weight_power,
-    )
+    weights = loss_weights(y, groups, n_classes, cfg)
     return make_loss(
         cfg.loss,
         cfg.focal_gamma,
         None if weights is None else weights.to(device),
         grouped=groups is not None,
         label_smoothing=cfg.label_smoothing,
+    )
+
+
+def loss_weights(
+    y: torch.Tensor, groups: torch.Tensor | None, n_classes: int, cfg: TrainConfig
+) -> torch.Tensor | None:
+    """The weight of each class (or, with ``groups``, each group) in the training loss; the
+    training prior (``training_prior``) is read off the same weights, so the two cannot drift."""
+    return class_weights(
+        y if groups is None else groups,
+        n_classes + (groups is not None),
+        cfg.class_weights,
+        cfg.class_weight_power,
     )
 
 
