@@ -39,15 +39,13 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 from refit_ensemble import decisions, probabilities, refit_data
-from refit_steps import append_line, sides_of
+from refit_steps import append_line, nested_setup
 
 from ecg.config import find_pipeline, load_config
 from ecg.metrics import confusion, from_confusion, paired_difference
 from ecg.pipeline import engine_for
 from ecg.preprocess import load_pieces
-from ecg.train import select_device
 
 
 def main() -> None:
@@ -87,11 +85,9 @@ def main() -> None:
     arms.update(
         {name: load_config(path, lever) for name, lever in zip(names, args.levers, strict=True)}
     )
-    torch.set_num_threads(arms["default"].train.threads or 2)
-    device = select_device(args.device)
+    device, _, index, ds1, val = nested_setup(arms["default"], args.device, args.folds)
     engines = {name: engine_for(config) for name, config in arms.items()}
     preprocess = {name: engine.out_dir("preprocess") for name, engine in engines.items()}
-    _, index, _ = load_pieces(preprocess["default"])
     for name in names:
         if engines[name].params("preprocess") == engines["default"].params("preprocess"):
             preprocess[name] = preprocess["default"]
@@ -99,8 +95,6 @@ def main() -> None:
         problem = _other_pieces(engines[name], preprocess["default"], index)
         if problem:
             parser.error(f"{name} changes the pieces (segment or signal settings): {problem}")
-    seeds = list(range(args.folds))
-    ds1, val = sides_of(index, arms["default"], seeds)
     rows = []
     pooled: dict[str, list] = {"y": [], "patient": [], **{name: [] for name in arms}}
     with tempfile.TemporaryDirectory() as scratch:
