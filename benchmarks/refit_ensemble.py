@@ -65,7 +65,8 @@ def decisions(config, data, proba: np.ndarray) -> np.ndarray:
     test = data.sides["test"]
     if config.evaluate.adapt_priors == "record":
         records = data.index.loc[test.rows, "record"].to_numpy()
-        proba, _ = record_priors(proba, records, fold_prior(config, data))
+        prior = fold_prior(config, data)
+        proba, _ = record_priors(proba, records, prior, config.evaluate.prior_shrinkage)
     return decide(proba)
 
 

@@ -382,10 +382,20 @@ class EvaluateConfig:
     2002). Off by default: nested in DS1 it lost 0.108 macro-F1, because EM drives S's prior to
     zero in patients with a few percent of S beats and calls all of them N
     (``benchmarks/quality.md``, twenty-fourth round)."""
+    prior_shrinkage: float = 0.0
+    """With ``adapt_priors: record``, the weight of the training prior in each EM step's estimate
+    (0: plain EM); no class's estimated prior falls below this times its training prior
+    (``ecg.priors.adapt``; ``benchmarks/quality.md``, twenty-sixth round)."""
 
     def __post_init__(self) -> None:
         _check(self.bootstrap >= 0, "bootstrap", "zero (no intervals) or more resamples")
         _check(0 < self.confidence < 1, "confidence", "a level in (0, 1), such as 0.95")
+        _check(0 <= self.prior_shrinkage < 1, "prior_shrinkage", "a weight in [0, 1)")
+        _check(
+            self.prior_shrinkage == 0 or self.adapt_priors == "record",
+            "prior_shrinkage",
+            "0 unless adapt_priors is record (it shrinks the priors that option estimates)",
+        )
 
 
 @dataclass(frozen=True)

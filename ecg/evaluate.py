@@ -184,7 +184,9 @@ def evaluate_stage(ctx: StageContext) -> None:
             proba = predict_proba(model.to(device), normalizer.to(device), test, device)
         if cfg.adapt_priors == "record":
             records = data.index.loc[test.rows, "record"].to_numpy()
-            proba, estimated = record_priors(proba, records, _train_prior(spec, fold))
+            proba, estimated = record_priors(
+                proba, records, _train_prior(spec, fold), cfg.prior_shrinkage
+            )
             priors.update(estimated)
         frames.append(
             _prediction_table(data.index, test.rows, test.y.numpy(), proba, classes, fold)
@@ -205,6 +207,7 @@ def evaluate_stage(ctx: StageContext) -> None:
     if priors:
         result["record_priors"] = {
             "method": "EM on each record's own probabilities (Saerens et al. 2002)",
+            "shrinkage": cfg.prior_shrinkage,
             "estimated": priors,
         }
     if "rhythm" in predictions:
@@ -229,11 +232,13 @@ def evaluate_stage(ctx: StageContext) -> None:
 
 
 def record_priors(
-    proba: np.ndarray, records: np.ndarray, train_prior: np.ndarray
+    proba: np.ndarray, records: np.ndarray, train_prior: np.ndarray, shrinkage: float = 0.0
 ) -> tuple[np.ndarray, dict[str, list[float]]]:
     """The test pieces' probabilities under each record's own estimated priors, and the priors.
     Shared with ``benchmarks/refit_lever.py``, which scores the option nested in DS1."""
-    adapted, estimated = adapt_by_group(proba, np.asarray(records).astype(str), train_prior)
+    adapted, estimated = adapt_by_group(
+        proba, np.asarray(records).astype(str), train_prior, shrinkage
+    )
     return adapted.astype(np.float32), {
         record: [round(float(v), 4) for v in prior] for record, prior in estimated.items()
     }

@@ -31,12 +31,21 @@ def reweight(proba: np.ndarray, prior: np.ndarray, train_prior: np.ndarray) -> n
     return scaled / np.clip(scaled.sum(axis=1, keepdims=True), 1e-300, None)
 
 
-def adapt(proba: np.ndarray, train_prior: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def adapt(
+    proba: np.ndarray, train_prior: np.ndarray, shrinkage: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
     """The rows' probabilities under the prior EM estimates for them, and that prior.
 
     Starts from the training prior; each step sets the prior to the mean of the re-weighted
     probabilities (the M step of Saerens et al.). Converges to a fixed point in a few dozen steps
     on a recording of two thousand beats; a class the recording lacks tends to prior 0.
+
+    ``shrinkage`` s mixes each step's estimate with the training prior, (1 - s) * mean + s *
+    train_prior: the M step of a MAP estimate under a Dirichlet prior centred on the training
+    prior and worth s / (1 - s) times the record's beats. No class's prior can fall below s times
+    its training prior, so a model whose probabilities for a new patient's S beats are too low
+    to hold S's share up (the collapse of ``benchmarks/quality.md``, twenty-fourth round) cannot
+    drive S out of the record altogether.
     """
     train_prior = np.clip(np.asarray(train_prior, dtype=np.float64), 1e-12, None)
     proba = np.asarray(proba, dtype=np.float64)
@@ -44,7 +53,8 @@ def adapt(proba: np.ndarray, train_prior: np.ndarray) -> tuple[np.ndarray, np.nd
     if len(proba) == 0:
         return proba, prior
     for _ in range(MAX_STEPS):
-        new = reweight(proba, prior, train_prior).mean(axis=0)
+        new = (1 - shrinkage) * reweight(proba, prior, train_prior).mean(axis=0)
+        new += shrinkage * train_prior
         done = np.max(np.abs(new - prior)) < TOLERANCE
         prior = new
         if done:
@@ -53,12 +63,12 @@ def adapt(proba: np.ndarray, train_prior: np.ndarray) -> tuple[np.ndarray, np.nd
 
 
 def adapt_by_group(
-    proba: np.ndarray, groups: np.ndarray, train_prior: np.ndarray
+    proba: np.ndarray, groups: np.ndarray, train_prior: np.ndarray, shrinkage: float = 0.0
 ) -> tuple[np.ndarray, dict[Hashable, np.ndarray]]:
     """``adapt`` on each group's rows (a group is one recording), rows kept in place."""
     adapted = np.empty_like(np.asarray(proba, dtype=np.float64))
     priors = {}
     for group in dict.fromkeys(groups):
         rows = groups == group
-        adapted[rows], priors[group] = adapt(proba[rows], train_prior)
+        adapted[rows], priors[group] = adapt(proba[rows], train_prior, shrinkage)
     return adapted, priors

@@ -184,8 +184,18 @@ def test_averaged_epochs_are_at_most_the_epochs(tmp_path):
                 ),
             ],
         ),
+        (
+            "evaluate:\n  adapt_priors: record\n  prior_shrinkage: 0.5\n",
+            "evaluate",
+            "prior_shrinkage",
+            0.5,
+            [
+                ("evaluate.prior_shrinkage=1", r"prior_shrinkage: a weight in \[0, 1\)"),
+                ("evaluate.adapt_priors=none", r"prior_shrinkage: 0 unless adapt_priors"),
+            ],
+        ),
     ],
-    ids=["label_smoothing", "ensemble_patients", "af_context"],
+    ids=["label_smoothing", "ensemble_patients", "af_context", "prior_shrinkage"],
 )
 def test_a_setting_is_read_and_its_impossible_values_refused(
     tmp_path, yaml_text, section, key, value, refused

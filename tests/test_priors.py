@@ -62,6 +62,23 @@ def test_each_record_gets_its_own_prior_and_keeps_its_rows_in_place():
     np.testing.assert_allclose(adapted[1::2], adapt(p_b, np.full(4, 0.25))[0])
 
 
+def test_shrinkage_keeps_a_class_the_recording_lacks_from_vanishing():
+    """Plain EM drives a class the probabilities do not hold up to 0; mixed with the training
+    prior at weight s, its estimate stays at s times its training prior or above, and the
+    estimate is the MAP fixed point: (1 - s) * mean re-weighted probability + s * training
+    prior."""
+    even = np.full(4, 0.25)
+    _, proba = _calibrated(np.array([0.95, 0.0, 0.05, 0.0]), 3000, seed=4)
+    _, plain = adapt(proba, even)
+    shrunk_proba, shrunk = adapt(proba, even, shrinkage=0.5)
+    assert plain[1] < 0.03 and plain[3] < 0.03
+    assert shrunk[1] >= 0.125 and shrunk[3] >= 0.125
+    assert shrunk[0] < plain[0]
+    fixed = 0.5 * reweight(proba, shrunk, even).mean(axis=0) + 0.5 * even
+    np.testing.assert_allclose(shrunk, fixed, atol=1e-5)
+    np.testing.assert_allclose(shrunk_proba, reweight(proba, shrunk, even))
+
+
 def test_an_empty_recording_keeps_the_training_prior():
     adapted, prior = adapt(np.zeros((0, 3)), np.array([0.5, 0.3, 0.2]))
     assert adapted.shape == (0, 3)
@@ -134,3 +151,12 @@ def test_the_evaluate_stage_scores_each_record_under_its_own_priors(tmp_path):
     record, prior = next(iter(sorted(estimated.items())))
     share = (before.loc[before["record"].astype(str) == record, "true"] == "N").mean()
     assert f"| {record} | {100 * prior[0]:.1f} ({100 * share:.1f}) |" in report
+    assert "falls to zero" in report
+
+    shrink = ["--set", "evaluate.adapt_priors=record", "--set", "evaluate.prior_shrinkage=0.5"]
+    assert main(["run", "--config", str(config), *shrink]) == 0
+    metrics = json.loads((plain.parent / "metrics.json").read_text())
+    assert metrics["record_priors"]["shrinkage"] == 0.5
+    for prior in metrics["record_priors"]["estimated"].values():
+        assert np.all(np.asarray(prior) >= 0.5 * trained_under - 1e-3)
+    assert "at weight 0.5 (evaluate.prior_shrinkage)" in (plain.parent / "report.md").read_text()

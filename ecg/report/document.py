@@ -317,6 +317,7 @@ def _record_priors(doc: Document, run: RunData) -> None:
     """With ``evaluate.adapt_priors``, every number above comes from probabilities re-weighted to
     each record's estimated priors; a reader must be told, and shown how good the estimates were."""
     estimated = run.metrics["record_priors"]["estimated"]
+    shrinkage = run.metrics["record_priors"].get("shrinkage", 0.0)
     classes = run.classes
     truth = (
         run.predictions.assign(record=run.predictions["record"].astype(str))
@@ -334,8 +335,15 @@ def _record_priors(doc: Document, run: RunData) -> None:
         Paragraph(
             "The decisions above were taken after re-weighting each test record's probabilities "
             "to that record's own class priors, estimated from all its beats without labels by "
-            "EM (Saerens et al. 2002; evaluate.adapt_priors: record). Where the estimate of a "
-            "class falls to zero, that record's beats of the class are called something else."
+            "EM (Saerens et al. 2002; evaluate.adapt_priors: record). "
+            + (
+                f"Each EM step's estimate was mixed with the training prior at weight "
+                f"{shrinkage:g} (evaluate.prior_shrinkage), so no class's share fell below "
+                f"{shrinkage:g} times its share in training."
+                if shrinkage
+                else "Where the estimate of a class falls to zero, that record's beats of the "
+                "class are called something else."
+            )
         ),
         Table(
             ["record", *classes],
