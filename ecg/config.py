@@ -385,7 +385,9 @@ class EvaluateConfig:
     prior_shrinkage: float = 0.0
     """With ``adapt_priors: record``, the weight of the training prior in each EM step's estimate
     (0: plain EM); no class's estimated prior falls below this times its training prior
-    (``ecg.priors.adapt``; ``benchmarks/quality.md``, twenty-sixth round)."""
+    (``ecg.priors.adapt``). Nested in DS1, 0.5 was level with the default (-0.005; S no longer
+    vanishes, but N's raised prior takes new patients' marginal S beats: ``benchmarks/quality.md``,
+    twenty-sixth round)."""
 
     def __post_init__(self) -> None:
         _check(self.bootstrap >= 0, "bootstrap", "zero (no intervals) or more resamples")
