@@ -119,13 +119,14 @@ def with_fibrillation_rr(
 
 
 P_WAVE_END_S = 0.08
-"""Before its R peak, where an N beat's P wave has ended: in MIT-BIH at 128 Hz the mean N beat of
-records 100, 101, 112 and 222 in sinus rhythm is back at its baseline 0.08-0.1 s before R, where
-the PR segment runs into the QRS."""
+"""Before its R peak, where an N beat's P wave has ended: in MIT-BIH at 128 Hz the mean N beat in
+sinus rhythm of DS1's records 101, 112, 115 and 122 is back at its baseline 0.094-0.125 s before
+R, so from 0.08 s on the PR segment runs into the QRS (``benchmarks/quality.md``, the correction
+after the twenty-sixth round: 100 and 222, named here first, are DS2 records)."""
 
 F_WAVE_HZ = (5.0, 9.0)
 F_WAVE_MV = 0.05
-"""Fibrillatory waves: 300-540 a minute, up to 0.05 mV, small beside a P wave (about 0.1 mV in the
+"""Fibrillatory waves: 300-540 a minute, up to 0.05 mV, small beside a P wave (0.10-0.24 mV in the
 records above), as in the limb leads."""
 
 
