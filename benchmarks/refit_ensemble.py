@@ -28,6 +28,7 @@ import dataclasses
 import statistics
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,7 @@ from refit_steps import append_line, load_sides, nested_setup
 
 from ecg.config import find_pipeline, load_config
 from ecg.decision import decide, macro_f1
-from ecg.evaluate import record_priors
+from ecg.evaluate import decision_proba
 from ecg.train import fold_prior, predict_proba, train_members
 
 
@@ -60,13 +61,11 @@ def scored(config, data, proba: np.ndarray) -> float:
 
 
 def decisions(config, data, proba: np.ndarray) -> np.ndarray:
-    """The test side's classes as the evaluate stage would take them from ``proba`` (with
-    ``evaluate.adapt_priors``, each record's beats under their own priors)."""
-    test = data.sides["test"]
-    if config.evaluate.adapt_priors == "record":
-        records = data.index.loc[test.rows, "record"].to_numpy()
-        prior = fold_prior(config, data)
-        proba, _ = record_priors(proba, records, prior, config.evaluate.prior_shrinkage)
+    """The test side's classes as the evaluate stage would take them from ``proba`` (with its
+    options: each record's own priors, no S where the rhythm is irregular)."""
+    pieces = data.index.loc[data.sides["test"].rows]
+    prior = partial(fold_prior, config, data)
+    proba, _, _ = decision_proba(proba, pieces, config.evaluate, data.classes, prior)
     return decide(proba)
 
 

@@ -388,11 +388,21 @@ class EvaluateConfig:
     (``ecg.priors.adapt``). Nested in DS1, 0.5 was level with the default (-0.005; S no longer
     vanishes, but N's raised prior takes new patients' marginal S beats: ``benchmarks/quality.md``,
     twenty-sixth round)."""
+    fibrillation_gate: float = 0.0
+    """A beat whose ``rr_irregularity`` (``ecg.segment.rr_features``) is at least this cannot be
+    called S: in atrial fibrillation there is no atrial premature beat to find
+    (``ecg.decision.without_s_where_irregular``). 0: off. ``benchmarks/quality.md``,
+    twenty-seventh round."""
 
     def __post_init__(self) -> None:
         _check(self.bootstrap >= 0, "bootstrap", "zero (no intervals) or more resamples")
         _check(0 < self.confidence < 1, "confidence", "a level in (0, 1), such as 0.95")
         _check(0 <= self.prior_shrinkage < 1, "prior_shrinkage", "a weight in [0, 1)")
+        _check(
+            self.fibrillation_gate >= 0,
+            "fibrillation_gate",
+            "0 (off) or the rr_irregularity from which S is ruled out, such as 0.1",
+        )
         _check(
             self.prior_shrinkage == 0 or self.adapt_priors == "record",
             "prior_shrinkage",

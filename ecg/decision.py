@@ -67,3 +67,25 @@ def choose_offsets(
         if not changed:
             break
     return offsets
+
+
+def without_s_where_irregular(
+    proba: np.ndarray, irregularity: np.ndarray, classes: Sequence[str], gate: float
+) -> np.ndarray:
+    """``proba`` with S ruled out for the rows whose RR context is at least ``gate`` irregular,
+    the other classes renormalised.
+
+    In atrial fibrillation there is no sinus rhythm for an atrial beat to come early against, and
+    MIT-BIH's annotators call its supraventricular beats N (DS1: 2,948 N and 16 S beats in
+    fibrillation). A network trained on DS1's two fibrillation patients cannot learn that for a
+    third (``benchmarks/quality.md``, rounds 23, 25 and 27), so here it is a rule. A gate of 0 or
+    a class list without S leaves ``proba`` as it is.
+    """
+    if not gate or "S" not in classes:
+        return proba
+    out = np.array(proba, dtype=np.float64)
+    irregular = np.asarray(irregularity) >= gate
+    out[irregular, list(classes).index("S")] = 0.0
+    total = out[irregular].sum(axis=1, keepdims=True)
+    out[irregular] /= np.clip(total, 1e-300, None)
+    return out.astype(np.asarray(proba).dtype)

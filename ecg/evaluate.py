@@ -13,13 +13,17 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
+from ecg.config import EvaluateConfig
 from ecg.dataset import load_fold
+from ecg.decision import without_s_where_irregular
 from ecg.engine import StageContext
 from ecg.errors import EcgError
 from ecg.metrics import (
@@ -165,6 +169,7 @@ def evaluate_stage(ctx: StageContext) -> None:
     classes: list[str] = []
     set_aside: dict = {}
     priors: dict[str, list[float]] = {}
+    gated = 0
     for fold in range(run["folds"]):
         model, normalizer, spec = load_classifier(ctx.inputs["train"] / f"fold_{fold}" / "model.pt")
         classes = spec["classes"]
@@ -182,12 +187,11 @@ def evaluate_stage(ctx: StageContext) -> None:
         test = data.sides["test"]
         with torch.no_grad():
             proba = predict_proba(model.to(device), normalizer.to(device), test, device)
-        if cfg.adapt_priors == "record":
-            records = data.index.loc[test.rows, "record"].to_numpy()
-            proba, estimated = record_priors(
-                proba, records, _train_prior(spec, fold), cfg.prior_shrinkage
-            )
-            priors.update(estimated)
+        proba, estimated, n_gated = decision_proba(
+            proba, data.index.loc[test.rows], cfg, classes, partial(_train_prior, spec, fold)
+        )
+        priors.update(estimated)
+        gated += n_gated
         frames.append(
             _prediction_table(data.index, test.rows, test.y.numpy(), proba, classes, fold)
         )
@@ -210,6 +214,8 @@ def evaluate_stage(ctx: StageContext) -> None:
             "shrinkage": cfg.prior_shrinkage,
             "estimated": priors,
         }
+    if cfg.fibrillation_gate:
+        result["fibrillation_gate"] = {"from": cfg.fibrillation_gate, "beats": gated}
     if "rhythm" in predictions:
         result["per_rhythm"] = per_rhythm(predictions, classes)
     if run["folds"] > 1:
@@ -229,6 +235,36 @@ def evaluate_stage(ctx: StageContext) -> None:
     np.savez_compressed(ctx.out / "examples.npz", **examples)
     _write(ctx, result, predictions, run)
     _log_headline(result)
+
+
+def decision_proba(
+    proba: np.ndarray,
+    pieces: pd.DataFrame,
+    cfg: EvaluateConfig,
+    classes: list[str],
+    train_prior: Callable[[], np.ndarray],
+) -> tuple[np.ndarray, dict[str, list[float]], int]:
+    """The probabilities the arg-max is taken from: each record's own priors
+    (``adapt_priors``), then no S where the rhythm is irregular (``fibrillation_gate``). Also the
+    estimated priors and how many pieces the gate touched. ``pieces`` are the index rows of
+    ``proba``'s rows; ``train_prior`` is asked only when the priors are adapted. Shared with
+    ``benchmarks/refit_ensemble.py``, which scores these options nested in DS1."""
+    estimated: dict[str, list[float]] = {}
+    if cfg.adapt_priors == "record":
+        proba, estimated = record_priors(
+            proba, pieces["record"].to_numpy(), train_prior(), cfg.prior_shrinkage
+        )
+    if not cfg.fibrillation_gate:
+        return proba, estimated, 0
+    if "rr_irregularity" not in pieces:
+        raise EcgError(
+            "evaluate.fibrillation_gate: the preprocessed pieces have no rr_irregularity column "
+            "(preprocessed before ecg computed it); run the preprocess stage again"
+        )
+    irregularity = pieces["rr_irregularity"].to_numpy()
+    gated = proba
+    proba = without_s_where_irregular(proba, irregularity, classes, cfg.fibrillation_gate)
+    return proba, estimated, int((proba != gated).any(axis=1).sum())
 
 
 def record_priors(

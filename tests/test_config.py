@@ -194,8 +194,15 @@ def test_averaged_epochs_are_at_most_the_epochs(tmp_path):
                 ("evaluate.adapt_priors=none", r"prior_shrinkage: 0 unless adapt_priors"),
             ],
         ),
+        (
+            "evaluate:\n  fibrillation_gate: 0.1\n",
+            "evaluate",
+            "fibrillation_gate",
+            0.1,
+            [("evaluate.fibrillation_gate=-0.1", r"fibrillation_gate: 0 \(off\) or the")],
+        ),
     ],
-    ids=["label_smoothing", "ensemble_patients", "af_context", "prior_shrinkage"],
+    ids=["label_smoothing", "ensemble_patients", "af_context", "prior_shrinkage", "gate"],
 )
 def test_a_setting_is_read_and_its_impossible_values_refused(
     tmp_path, yaml_text, section, key, value, refused

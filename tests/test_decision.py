@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ecg.decision import choose_offsets, decide, macro_f1
+from ecg.decision import choose_offsets, decide, macro_f1, without_s_where_irregular
 
 CLASSES = ["N", "S"]
 
@@ -54,3 +54,19 @@ def test_a_perfect_arg_max_keeps_every_offset_at_zero():
     y = np.array([0, 0, 1, 1])
     proba = np.array([[0.9, 0.1], [0.8, 0.2], [0.1, 0.9], [0.3, 0.7]])
     assert choose_offsets(y, proba, CLASSES).tolist() == [0.0, 0.0]
+
+
+def test_an_irregular_rhythm_rules_out_s_and_keeps_the_other_classes_odds():
+    proba = np.array([[0.3, 0.6, 0.1, 0.0], [0.3, 0.6, 0.1, 0.0], [0.2, 0.2, 0.5, 0.1]])
+    irregularity = np.array([0.05, 0.1, 0.3])
+    out = without_s_where_irregular(proba, irregularity, ["N", "S", "V", "F"], 0.1)
+    np.testing.assert_allclose(out[0], proba[0])  # regular: left alone
+    np.testing.assert_allclose(out[1], [0.75, 0.0, 0.25, 0.0])  # at the gate: N, no longer S
+    np.testing.assert_allclose(out[2], [0.25, 0.0, 0.625, 0.125])
+    assert decide(out).tolist() == [1, 0, 2]
+
+
+def test_no_gate_or_no_s_class_leaves_the_probabilities_alone():
+    proba = np.array([[0.4, 0.6]])
+    assert without_s_where_irregular(proba, np.array([0.5]), ["N", "S"], 0.0) is proba
+    assert without_s_where_irregular(proba, np.array([0.5]), ["MI", "HC"], 0.1) is proba

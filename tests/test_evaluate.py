@@ -50,3 +50,39 @@ def test_across_fold_intervals_are_t_intervals_clipped_to_proportions():
     half = 2.776 * np.std([0.9, 0.8, 1.0, 0.7, 0.95], ddof=1) / np.sqrt(5)
     assert low == pytest.approx(0.87 - half, abs=1e-3)
     assert high == 1.0  # 0.87 + 0.15 would pass 1
+
+
+def test_the_evaluate_stage_rules_out_s_where_the_rhythm_is_irregular(tmp_path):
+    import json
+
+    from test_train import _smoke_pipeline
+
+    from ecg.cli import main
+    from ecg.preprocess import load_pieces
+
+    config = _smoke_pipeline(tmp_path)
+    assert main(["run", "--config", str(config)]) == 0
+    (path,) = (tmp_path / "reports" / "smoke").glob("*/predictions.csv")
+    before = pd.read_csv(path)
+    assert main(["run", "--config", str(config), "--set", "evaluate.fibrillation_gate=0.1"]) == 0
+    after = pd.read_csv(path)  # the same run: only evaluate and report ran again
+    _, index, _ = load_pieces(tmp_path / "data" / "processed" / "smoke" / "preprocess")
+    keys = index.assign(record=index["record"].astype(str)).set_index(["record", "sample"])
+    rows = pd.MultiIndex.from_arrays([before["record"].astype(str), before["sample"]])
+    irregular = (keys.loc[rows, "rr_irregularity"] >= 0.1).to_numpy()
+    assert irregular.any() and (~irregular).any()
+    columns = [c for c in before.columns if c.startswith("p_")]
+    assert (after.loc[irregular, "p_S"] == 0).all()
+    assert (after.loc[irregular, "predicted"] != "S").all()
+    np.testing.assert_allclose(after.loc[~irregular, columns], before.loc[~irregular, columns])
+    others = [c for c in columns if c != "p_S"]
+    np.testing.assert_allclose(
+        after.loc[irregular, others].to_numpy(),
+        before.loc[irregular, others].to_numpy()
+        / before.loc[irregular, others].sum(axis=1).to_numpy()[:, None],
+        atol=2e-4,  # predictions.csv keeps five decimals
+    )
+    metrics = json.loads((path.parent / "metrics.json").read_text())
+    assert metrics["fibrillation_gate"] == {"from": 0.1, "beats": int(irregular.sum())}
+    report = (path.parent / "report.md").read_text()
+    assert f"{int(irregular.sum()):,} test beats whose RR intervals were irregular" in report

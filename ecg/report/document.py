@@ -101,6 +101,8 @@ def build(run: RunData, figures: Path, compare: list[RunData] = ()) -> Document:
     _test(doc, run, figures)
     if "record_priors" in run.metrics:
         _record_priors(doc, run)
+    if "fibrillation_gate" in run.metrics:
+        _fibrillation_gate(doc, run)
     if "levels" in run.metrics:
         _levels(doc, run)
     _per_unit(doc, run, figures, "patient" if database == "ptbdb" else "record")
@@ -349,6 +351,22 @@ def _record_priors(doc: Document, run: RunData) -> None:
             ["record", *classes],
             rows,
             "estimated share of each class, % (true share in brackets)",
+        ),
+    )
+
+
+def _fibrillation_gate(doc: Document, run: RunData) -> None:
+    """With ``evaluate.fibrillation_gate`` a rule, not the network, took some decisions; the
+    reader must know which rule and on how many beats."""
+    gate = run.metrics["fibrillation_gate"]
+    doc.add(
+        Heading(2, "No S beats in an irregular rhythm"),
+        Paragraph(
+            f"{gate['beats']:,} test beats whose RR intervals were irregular (rr_irregularity at "
+            f"least {gate['from']:g}: the median change between successive RR intervals over 21 "
+            "beats, over the local mean RR) could not be called S (evaluate.fibrillation_gate): "
+            "in atrial fibrillation there is no atrial premature beat to find. Every number "
+            "above was taken after that rule."
         ),
     )
 
