@@ -391,8 +391,10 @@ class EvaluateConfig:
     fibrillation_gate: float = 0.0
     """A beat whose ``rr_irregularity`` (``ecg.segment.rr_features``) is at least this cannot be
     called S: in atrial fibrillation there is no atrial premature beat to find
-    (``ecg.decision.without_s_where_irregular``). 0: off. ``benchmarks/quality.md``,
-    twenty-seventh round."""
+    (``ecg.decision.without_s_where_irregular``). 0: off. Nested in DS1, 0.1 lost 0.009: it
+    removed nearly all false S beats in fibrillation, and the true S beats of a patient whose
+    frequent atrial ectopy makes the rhythm irregular too (``benchmarks/quality.md``,
+    twenty-seventh round)."""
 
     def __post_init__(self) -> None:
         _check(self.bootstrap >= 0, "bootstrap", "zero (no intervals) or more resamples")
