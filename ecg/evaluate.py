@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ecg.config import EvaluateConfig
+from ecg.config import EvaluateConfig, flatten, to_dict
 from ecg.dataset import load_fold
 from ecg.decision import without_s_where_irregular
 from ecg.engine import StageContext
@@ -35,7 +35,7 @@ from ecg.metrics import (
 )
 from ecg.plots import confusion_matrix_png
 from ecg.priors import adapt_by_group
-from ecg.tracking import Tracker
+from ecg.tracking import Tracker, param_text
 from ecg.train import load_classifier, predict_proba, select_device
 
 log = logging.getLogger("ecg")
@@ -199,6 +199,7 @@ def evaluate_stage(ctx: StageContext) -> None:
     result = {
         "pipeline": config.name,
         "run_id": run["run_id"],
+        "settings": evaluate_settings(config),
         "protocol": config.split.protocol,
         "classes": classes,
         "set_aside": set_aside,
@@ -360,6 +361,7 @@ def _write(ctx: StageContext, result: dict, predictions: pd.DataFrame, run: dict
     tracker = Tracker(run["tracking_uri"], run["experiment"])
     tracker.reopen(run["run_id"])
     try:
+        _record_settings(tracker, run["run_id"], result["settings"])
         flat = {f"test_{k}": v for k, v in result["test"]["metrics"].items()}
         for key, (low, high) in result["test"]["ci"].items():
             flat[f"test_{key}_ci_low"], flat[f"test_{key}_ci_high"] = low, high
@@ -381,6 +383,32 @@ def _write(ctx: StageContext, result: dict, predictions: pd.DataFrame, run: dict
         config.relative(report_dir),
         run["run_id"],
     )
+
+
+def evaluate_settings(config) -> dict:
+    """The ``evaluate.*`` settings this evaluation ran under. A run's params are written once, when
+    its model is trained; the evaluate stage can run again inside that run with other settings
+    (``--set evaluate.adapt_priors=record``), so its own settings go with its metrics."""
+    return {k: v for k, v in flatten(to_dict(config)).items() if k.startswith("evaluate.")}
+
+
+def _record_settings(tracker: Tracker, run_id: str, settings: dict) -> None:
+    """The settings as the run's tags (which ``ecg runs`` and the report read before the params),
+    and a warning where the params, from training, say otherwise."""
+    tracker.set_tags(run_id, settings)
+    params = tracker.run(run_id).data.params
+    differ = [
+        f"{key}: {params[key]} -> {param_text(value)}"
+        for key, value in settings.items()
+        if key in params and params[key] != param_text(value)
+    ]
+    if differ:
+        log.warning(
+            "evaluate: run %s was trained with other evaluate settings (%s); its params keep "
+            "those, its tags and metrics.json hold this evaluation's",
+            run_id,
+            "; ".join(differ),
+        )
 
 
 def _log_headline(result: dict) -> None:

@@ -131,9 +131,17 @@ class Tracker:
 
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
         mlflow = _mlflow()
-        items = [mlflow.entities.Param(k, _param_text(v)) for k, v in sorted(params.items())]
+        items = [mlflow.entities.Param(k, param_text(v)) for k, v in sorted(params.items())]
         for start in range(0, len(items), 100):
             self.client.log_batch(run_id, params=items[start : start + 100])
+
+    def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        """Tags, unlike params, may change: the evaluate stage's settings are tags, since it can
+        run again inside a finished run with other settings."""
+        mlflow = _mlflow()
+        items = [mlflow.entities.RunTag(k, param_text(v)) for k, v in sorted(tags.items())]
+        for start in range(0, len(items), 100):
+            self.client.log_batch(run_id, tags=items[start : start + 100])
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int | None = None):
         mlflow = _mlflow()
@@ -275,7 +283,8 @@ class Tracker:
             raise EcgError(f"--model {uri}: not found in {self.uri} ({exc})") from None
 
 
-def _param_text(value: Any) -> str:
+def param_text(value: Any) -> str:
+    """A param's or tag's value as MLflow stores it: lists as JSON, cut to MLflow's limit."""
     text = json.dumps(value) if isinstance(value, list | tuple | dict) else str(value)
     return text if len(text) <= _PARAM_LIMIT else text[: _PARAM_LIMIT - 3] + "..."
 

@@ -86,3 +86,38 @@ def test_the_evaluate_stage_rules_out_s_where_the_rhythm_is_irregular(tmp_path):
     assert metrics["fibrillation_gate"] == {"from": 0.1, "beats": int(irregular.sum())}
     report = (path.parent / "report.md").read_text()
     assert f"{int(irregular.sum()):,} test beats whose RR intervals were irregular" in report
+
+
+def test_an_evaluation_with_other_settings_says_so_in_the_run_it_writes_into(tmp_path, caplog):
+    """A run's params are written when its model is trained; evaluating again inside it with
+    another evaluate setting must not leave the params speaking for the new metrics."""
+    import json
+    import logging
+
+    from test_train import _smoke_pipeline
+
+    from ecg.cli import main
+    from ecg.report.collect import collect
+    from ecg.report.runs import runs_table
+    from ecg.tracking import Tracker
+
+    config = _smoke_pipeline(tmp_path)
+    assert main(["run", "--config", str(config)]) == 0
+    gate = ["--set", "evaluate.fibrillation_gate=0.1"]
+    with caplog.at_level(logging.WARNING, logger="ecg"):
+        assert main(["run", "--config", str(config), *gate]) == 0
+    assert "trained with other evaluate settings (evaluate.fibrillation_gate: 0.0 -> 0.1)" in (
+        caplog.text
+    )
+    tracker = Tracker(f"sqlite:///{tmp_path / 'data' / 'mlflow.db'}", "smoke")
+    (run_id,) = tracker.search()["run_id"]
+    logged = tracker.run(run_id).data
+    assert logged.params["evaluate.fibrillation_gate"] == "0.0"  # from training, unchangeable
+    assert logged.tags["evaluate.fibrillation_gate"] == "0.1"
+    metrics = json.loads(next((tmp_path / "reports").rglob("metrics.json")).read_text())
+    assert metrics["settings"]["evaluate.fibrillation_gate"] == 0.1
+    assert collect(tracker, run_id).params["evaluate.fibrillation_gate"] == "0.1"
+
+    assert main(["run", "--config", str(config), "--force", "train"]) == 0  # a second run
+    table = runs_table(tracker)
+    assert table["evaluate.fibrillation_gate"].tolist() == ["0.0", "0.1"]  # newest first

@@ -79,8 +79,12 @@ def collect(tracker: Tracker, run_id: str) -> RunData:
             status=run.info.status,
             start=_time(run.info.start_time),
             end=_time(run.info.end_time) if run.info.end_time else None,
-            params=dict(run.data.params),
-            tags={k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.")},
+            params=settled_params(run.data.params, run.data.tags),
+            tags={
+                k: v
+                for k, v in run.data.tags.items()
+                if not k.startswith("mlflow.") and k not in run.data.params
+            },
             logged_metrics=dict(run.data.metrics),
             metrics=metrics,
             predictions=predictions,
@@ -100,6 +104,12 @@ def collect(tracker: Tracker, run_id: str) -> RunData:
             with np.load(path) as npz:
                 data.examples = {k: npz[k] for k in npz.files}
     return data
+
+
+def settled_params(params: dict[str, str], tags: dict[str, str]) -> dict[str, str]:
+    """The run's params, with the ones a later stage ran under instead (the evaluate stage
+    writes its settings as tags of the same name, since a run's params cannot change)."""
+    return {**params, **{k: v for k, v in tags.items() if k in params}}
 
 
 def _artifact_paths(tracker: Tracker, run_id: str) -> set[str]:

@@ -33,7 +33,11 @@ def runs_table(
             )
             raise EcgError(f"--sort {sort}: no such metric (for example: {', '.join(known[:8])})")
         runs = runs.sort_values(key, ascending=False, na_position="last")
-    runs = runs.head(limit)
+    runs = runs.head(limit).copy()
+    for column in [c for c in runs.columns if c.startswith("params.")]:
+        tag = "tags." + column.removeprefix("params.")  # a later stage's own setting
+        if tag in runs.columns:
+            runs[column] = runs[tag].fillna(runs[column])
     params = [
         c
         for c in runs.columns
