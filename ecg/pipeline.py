@@ -66,6 +66,7 @@ STAGES: tuple[Stage, ...] = (
             "train.momentum",
             "train.class_weights",
             "train.class_weight_power",
+            "train.weight_cap",
             "train.weight_rhythms",
             "train.precision",
             "train.average_epochs",
@@ -83,7 +84,7 @@ STAGES: tuple[Stage, ...] = (
             "split.val_fraction",  # 0: no validation side, a fixed number of epochs
         ),
         upstream=("download", "preprocess", "split"),
-        code=("ecg.model", "ecg.dataset", "ecg.metrics", "ecg.augment"),
+        code=("ecg.model", "ecg.dataset", "ecg.metrics", "ecg.augment", "ecg.losses"),
         help="fit the BiLSTM on the training patients (stopped on validation patients, if any)",
     ),
     Stage(
@@ -91,7 +92,7 @@ STAGES: tuple[Stage, ...] = (
         run="ecg.evaluate:evaluate_stage",
         params=("evaluate",),
         upstream=("preprocess", "split", "train"),
-        code=("ecg.metrics", "ecg.dataset", "ecg.plots"),
+        code=("ecg.metrics", "ecg.dataset", "ecg.plots", "ecg.decision", "ecg.priors"),
         help="score the model on the test patients, with intervals by patient",
     ),
     Stage(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -165,3 +166,55 @@ def test_unknown_stage_names_the_stages(tmp_path):
 
     with pytest.raises(EcgError, match="no stage 'fourth' .stages: first, second, third"):
         _engine(tmp_path).run(until="fourth")
+
+
+# Modules that move data about or describe it, not what a stage computes (a download's files
+# are verified by their hashes, whatever fetched them).
+INFRASTRUCTURE = {
+    "ecg",
+    "ecg.atomic",
+    "ecg.locks",
+    "ecg.databases.network",
+    "ecg.databases.sources",
+    "ecg.config",
+    "ecg.engine",
+    "ecg.errors",
+    "ecg.tracking",
+    "ecg.provenance",
+    "ecg.digests",
+    "ecg.progress",
+    "ecg.logs",
+}
+
+
+def _ecg_imports(module: str) -> set[str]:
+    import ast
+    import importlib.util
+
+    tree = ast.parse(Path(importlib.util.find_spec(module).origin).read_text())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "ecg":
+            package = importlib.util.find_spec(node.module).submodule_search_locations
+            for alias in node.names:  # ``from ecg.databases import wfdb_io`` names a module
+                name = f"{node.module}.{alias.name}"
+                found.add(name if package and importlib.util.find_spec(name) else node.module)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.split(".")[0] == "ecg")
+    return found
+
+
+def test_every_module_a_stage_computes_with_is_part_of_its_fingerprint():
+    """A stage whose code imports a module left out of ``code`` stays fresh when that module's
+    computation changes, and serves stale results."""
+    from ecg.pipeline import STAGES
+
+    by_name = {s.name: s for s in STAGES}
+
+    def covered(stage) -> set[str]:
+        own = {stage.module, *stage.code}
+        return own.union(*(covered(by_name[u]) for u in stage.upstream))
+
+    for stage in STAGES:
+        missing = _ecg_imports(stage.module) - covered(stage) - INFRASTRUCTURE
+        assert not missing, f"stage {stage.name}: {sorted(missing)} not in its code"
