@@ -238,6 +238,10 @@ class TrainConfig:
     0.5 (sqrt_inverse) or ``class_weight_power`` (power)."""
     class_weight_power: float = 0.75
     """The exponent with ``class_weights: power``; ignored otherwise."""
+    weight_cap: float = 0.0
+    """No class's loss weight above this many times the most frequent class's (0: no ceiling).
+    Under 1/n weights DS1's F, in effect one patient's beats, weighs about 110 times N and the
+    network calls new patients' N beats F (``benchmarks/quality.md``, twenty-eighth round)."""
     average_epochs: int = 1
     """Without validation patients: keep the mean of the weights after each of the last
     ``average_epochs`` epochs instead of the last epoch's (stochastic weight averaging, Izmailov
@@ -289,6 +293,11 @@ class TrainConfig:
         _check(self.focal_gamma >= 0, "focal_gamma", "zero (plain cross-entropy) or more")
         _check(0 <= self.label_smoothing < 1, "label_smoothing", "a share in [0, 1)")
         _check(self.class_weight_power > 0, "class_weight_power", "a positive exponent")
+        _check(
+            self.weight_cap == 0 or self.weight_cap >= 1,
+            "weight_cap",
+            "0 (no ceiling) or at least 1 (times the most frequent class's weight)",
+        )
         _check(
             1 <= self.average_epochs <= self.epochs,
             "average_epochs",

@@ -97,13 +97,17 @@ def fit_normalizer(train: Side, per_window: bool) -> Normalizer:
 
 
 def class_weights(
-    y: torch.Tensor, n_classes: int, how: str, power: float = 1.0
+    y: torch.Tensor, n_classes: int, how: str, power: float = 1.0, cap: float = 0.0
 ) -> torch.Tensor | None:
+    """(total / count) ** exponent per class, at most ``cap`` times the most frequent class's
+    (0: no ceiling), normalised to mean 1."""
     if how == "none":
         return None
     counts = torch.bincount(y, minlength=n_classes).double().clamp_min(1)
     exponent = {"inverse": 1.0, "sqrt_inverse": 0.5, "power": power}[how]
     weights = (counts.sum() / counts) ** exponent
+    if cap:
+        weights = weights.clamp_max(cap * weights.min())
     return (weights / weights.mean()).float()
 
 
@@ -461,6 +465,7 @@ def loss_weights(
         n_classes + (groups is not None),
         cfg.class_weights,
         cfg.class_weight_power,
+        cfg.weight_cap,
     )
 
 

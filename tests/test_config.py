@@ -201,8 +201,15 @@ def test_averaged_epochs_are_at_most_the_epochs(tmp_path):
             0.1,
             [("evaluate.fibrillation_gate=-0.1", r"fibrillation_gate: 0 \(off\) or the")],
         ),
+        (
+            "train:\n  weight_cap: 50\n",
+            "train",
+            "weight_cap",
+            50,
+            [("train.weight_cap=0.5", r"weight_cap: 0 \(no ceiling\) or at least 1")],
+        ),
     ],
-    ids=["label_smoothing", "ensemble_patients", "af_context", "prior_shrinkage", "gate"],
+    ids=["label_smoothing", "ensemble_patients", "af_context", "prior_shrinkage", "gate", "cap"],
 )
 def test_a_setting_is_read_and_its_impossible_values_refused(
     tmp_path, yaml_text, section, key, value, refused

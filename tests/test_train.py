@@ -30,6 +30,7 @@ from ecg.train import (
     running_mean,
     seed_everything,
     training_precision,
+    training_prior,
     weight_groups,
 )
 
@@ -598,6 +599,19 @@ def test_class_weights_are_inverse_counts_to_a_power():
     power = class_weights(y, 2, "power", 0.75)
     assert power[1] / power[0] == pytest.approx(9.0**0.75)
     assert class_weights(y, 2, "none") is None
+
+
+def test_a_weight_cap_holds_the_rarest_class_to_the_ceiling_and_leaves_the_rest():
+    y = torch.tensor([0] * 1000 + [1] * 20 + [2] * 100 + [3] * 5)  # N, S, V, F: 1, 50, 10, 200
+    capped = class_weights(y, 4, "inverse", cap=50)
+    np.testing.assert_allclose((capped / capped[0]).numpy(), [1, 50, 10, 50], rtol=1e-5)
+    assert capped.mean() == pytest.approx(1.0)
+    uncapped = class_weights(y, 4, "inverse")
+    assert uncapped[3] / uncapped[0] == pytest.approx(200.0)
+    side = Side(torch.zeros(len(y), 2, 1), None, y, np.arange(len(y)))
+    cfg = TrainConfig(class_weights="inverse", weight_cap=50)
+    prior = training_prior(side, None, ["N", "S", "V", "F"], cfg)
+    np.testing.assert_allclose(prior, [1000, 1000, 1000, 250] / np.float64(3250))
 
 
 def test_grouped_focal_loss_with_gamma_zero_weights_each_piece_by_its_group():
