@@ -241,7 +241,9 @@ class TrainConfig:
     weight_cap: float = 0.0
     """No class's loss weight above this many times the most frequent class's (0: no ceiling).
     Under 1/n weights DS1's F, in effect one patient's beats, weighs about 110 times N and the
-    network calls new patients' N beats F (``benchmarks/quality.md``, twenty-eighth round)."""
+    network calls new patients' N beats F. 50 (F held to S's level) was level with the default
+    nested in DS1 (+0.0002): fewer beats called F, true and false alike (``benchmarks/quality.md``,
+    twenty-eighth round)."""
     average_epochs: int = 1
     """Without validation patients: keep the mean of the weights after each of the last
     ``average_epochs`` epochs instead of the last epoch's (stochastic weight averaging, Izmailov
