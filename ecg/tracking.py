@@ -130,18 +130,20 @@ class Tracker:
     # --------------------------------------------------------------------- values
 
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
-        mlflow = _mlflow()
-        items = [mlflow.entities.Param(k, param_text(v)) for k, v in sorted(params.items())]
-        for start in range(0, len(items), 100):
-            self.client.log_batch(run_id, params=items[start : start + 100])
+        self._log_batch(run_id, "params", params)
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         """Tags, unlike params, may change: the evaluate stage's settings are tags, since it can
         run again inside a finished run with other settings."""
+        self._log_batch(run_id, "tags", tags)
+
+    def _log_batch(self, run_id: str, kind: str, values: Mapping[str, Any]) -> None:
+        """In batches of 100, the most one MLflow request takes."""
         mlflow = _mlflow()
-        items = [mlflow.entities.RunTag(k, param_text(v)) for k, v in sorted(tags.items())]
+        entity = {"params": mlflow.entities.Param, "tags": mlflow.entities.RunTag}[kind]
+        items = [entity(k, param_text(v)) for k, v in sorted(values.items())]
         for start in range(0, len(items), 100):
-            self.client.log_batch(run_id, tags=items[start : start + 100])
+            self.client.log_batch(run_id, **{kind: items[start : start + 100]})
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int | None = None):
         mlflow = _mlflow()

@@ -359,12 +359,14 @@ def _fibrillation_gate(doc: Document, run: RunData) -> None:
     """With ``evaluate.fibrillation_gate`` a rule, not the network, took some decisions; the
     reader must know which rule and on how many beats."""
     gate = run.metrics["fibrillation_gate"]
+    beats = 2 * int(run.params.get("segment.rr_local_beats", 10)) + 1
     doc.add(
         Heading(2, "No S beats in an irregular rhythm"),
         Paragraph(
             f"{gate['beats']:,} test beats whose RR intervals were irregular (rr_irregularity at "
-            f"least {gate['from']:g}: the median change between successive RR intervals over 21 "
-            "beats, over the local mean RR) could not be called S (evaluate.fibrillation_gate): "
+            f"least {gate['from']:g}: the median change between successive RR intervals over "
+            f"{beats} beats, over the local mean RR) could not be called S "
+            "(evaluate.fibrillation_gate): "
             "in atrial fibrillation there is no atrial premature beat to find. Every number "
             "above was taken after that rule."
         ),
