@@ -20,6 +20,14 @@ never read.
 An arm that differs from another only in how the evaluate stage decides (``evaluate.*``, such as
 ``evaluate.adapt_priors=record``) is scored on that arm's trained ensemble, not trained again.
 
+Each training's held-out probabilities are kept in ``refit_cache/`` beside the pipeline's stage
+folders, under a key made of everything that decides them: the arm's whole configuration, the
+step count, the training and held-out rows, the preprocessed pieces' digest (from their stage
+stamp), the source of the ``ecg`` package and of these benchmarks, torch's version and the device.
+The default arm, the same in every round, is then trained once per code version instead of every
+round, which halves a training lever's round on two CPU cores; any change to the code or the data
+makes a new key. ``--no-cache`` trains everything again.
+
 An arm may change the pieces themselves (``segment.*``, ``signal.*``) as long as it keeps the same
 beats in the same order, so that the splits are the same patients' same beats. Its pieces live
 in a data directory of its own, preprocessed first:
@@ -34,14 +42,20 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
+import json
 import statistics
+import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
+import torch
 from refit_ensemble import decisions, probabilities, refit_data
 from refit_steps import append_line, nested_setup
 
+import ecg
+from ecg.atomic import atomic_path
 from ecg.config import find_pipeline, load_config
 from ecg.metrics import confusion, from_confusion, paired_difference
 from ecg.pipeline import engine_for
@@ -68,6 +82,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--folds", type=int, default=5, help="split seeds that make up DS1")
     parser.add_argument("--out", type=Path, help="append each outer split as one JSON line")
+    parser.add_argument(
+        "--no-cache", action="store_true", help="train every arm again, even if cached"
+    )
     args = parser.parse_args()
     lever_steps = args.lever_steps or args.refit_steps
     for name, counts in (("--refit-steps", args.refit_steps), ("--lever-steps", lever_steps)):
@@ -116,7 +133,9 @@ def main() -> None:
                 )
                 key = dataclasses.replace(config, evaluate=arms["default"].evaluate)
                 if key not in trained:
-                    trained[key] = data, probabilities(config, data, False, device)
+                    stamp = None if args.no_cache else engines[name].stamp_path("preprocess")
+                    sides = (ds1 & ~val[k], val[k])
+                    trained[key] = data, _held_out(key, data, device, stamp, sides)
                 data, proba = trained[key]
                 y = data.sides["test"].y.numpy()
                 classes = data.classes
@@ -143,6 +162,42 @@ def main() -> None:
     if len(names) > 1:
         for name, lever in zip(names, args.levers, strict=True):
             print(f"{name}: {' '.join(lever)}")
+
+
+def _held_out(config, data, device, stamp: Path | None, sides) -> np.ndarray:
+    """``probabilities`` of one training, from the cache when that exact training ran before
+    (``stamp``: the preprocess stage's stamp, whose output digest goes into the key; None: no
+    cache)."""
+    if stamp is None or not stamp.is_file():
+        return probabilities(config, data, False, device)
+    key = hashlib.sha256()
+    for part in (
+        repr(config),
+        json.loads(stamp.read_text())["out"],
+        torch.__version__,
+        device.type,
+        *(np.packbits(mask).tobytes().hex() for mask in sides),
+        _source_digest(),
+    ):
+        key.update(str(part).encode())
+    path = stamp.parent.parent / "refit_cache" / f"{key.hexdigest()[:32]}.npy"
+    if path.is_file():
+        print(f"  (held-out probabilities from {path.name}, trained before)", file=sys.stderr)
+        return np.load(path)
+    proba = probabilities(config, data, False, device)
+    with atomic_path(path) as tmp, tmp.open("wb") as f:
+        np.save(f, proba)
+    return proba
+
+
+def _source_digest() -> str:
+    """Of every Python file of the ``ecg`` package and of these benchmarks: a code change, even
+    one that should not change a result, makes new keys."""
+    digest = hashlib.sha256()
+    for root in (Path(ecg.__file__).parent, Path(__file__).parent):
+        for path in sorted(root.rglob("*.py")):
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def _pooled_difference(pooled: dict[str, np.ndarray], names: list[str], classes) -> None:

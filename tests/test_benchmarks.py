@@ -69,3 +69,18 @@ def test_arms_that_differ_only_in_the_evaluate_stage_share_one_training(
     assert "; lever 1 " in out[1] and "; lever 2 " in out[1]
     assert out[3].startswith("pooled over the held-out sides (") and "lever 2 0." in out[3]
     assert out[4].startswith("  lever 1 - default ") and "(95 % CI by patient)" in out[4]
+
+    # The same round again: every training comes from the cache, so the numbers are the first
+    # run's (the stand-in above would give new ones) and nothing is trained.
+    refit_lever.main()
+    assert trained == [0.003, 0.001]
+    assert capsys.readouterr().out.splitlines() == out
+    monkeypatch.setattr(sys, "argv", ["refit_lever.py", *argv, "--no-cache"])
+    refit_lever.main()
+    assert trained == [0.003, 0.001, 0.003, 0.001]
+    assert capsys.readouterr().out.splitlines() != out
+    # another step count is another training
+    steps = [str(path), "--outer", "0", "--folds", "2", "--refit-steps", "2", *arms]
+    monkeypatch.setattr(sys, "argv", ["refit_lever.py", *steps])
+    refit_lever.main()
+    assert trained == [0.003, 0.001, 0.003, 0.001, 0.003, 0.001]
