@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import json
 import statistics
@@ -125,16 +126,14 @@ def main() -> None:
             }
             trained: dict = {}  # training settings -> (data, probabilities), for arms that
             # differ only in how the evaluate stage decides (evaluate.*): one training serves all
+            sides = (ds1 & ~val[k], val[k])  # training rows, held-out rows
             for name, config in arms.items():
                 folder = Path(scratch) / f"{k}_{name.replace(' ', '_')}"
                 count = steps if name == "default" else own
-                config, data = refit_data(
-                    config, count, preprocess[name], folder, ds1 & ~val[k], val[k]
-                )
+                config, data = refit_data(config, count, preprocess[name], folder, *sides)
                 key = dataclasses.replace(config, evaluate=arms["default"].evaluate)
                 if key not in trained:
                     stamp = None if args.no_cache else engines[name].stamp_path("preprocess")
-                    sides = (ds1 & ~val[k], val[k])
                     trained[key] = data, _held_out(key, data, device, stamp, sides)
                 data, proba = trained[key]
                 y = data.sides["test"].y.numpy()
@@ -190,9 +189,10 @@ def _held_out(config, data, device, stamp: Path | None, sides) -> np.ndarray:
     return proba
 
 
+@functools.cache
 def _source_digest() -> str:
     """Of every Python file of the ``ecg`` package and of these benchmarks: a code change, even
-    one that should not change a result, makes new keys."""
+    one that should not change a result, makes new keys. Read once per run."""
     digest = hashlib.sha256()
     for root in (Path(ecg.__file__).parent, Path(__file__).parent):
         for path in sorted(root.rglob("*.py")):

@@ -103,18 +103,11 @@ def bootstrap_by_group(
     for draw in draws:
         for key, value in from_confusion(per_group[draw].sum(axis=0), classes).items():
             samples.setdefault(key, []).append(value)
-    alpha = (1 - confidence) / 2
-    intervals = {}
-    for key, values in samples.items():
-        if key.endswith("_support"):
-            continue
-        arr = np.asarray(values)
-        arr = arr[~np.isnan(arr)]
-        if len(arr) == 0:
-            intervals[key] = (float("nan"), float("nan"))
-        else:
-            intervals[key] = (float(np.quantile(arr, alpha)), float(np.quantile(arr, 1 - alpha)))
-    return intervals
+    return {
+        key: _percentile_interval(values, confidence)
+        for key, values in samples.items()
+        if not key.endswith("_support")
+    }
 
 
 def paired_difference(
@@ -141,12 +134,8 @@ def paired_difference(
         )
 
     point = diff(np.arange(len(a)))
-    values = np.asarray([diff(draw) for draw in _draws(len(a), resamples, seed)])
-    values = values[~np.isnan(values)]
-    alpha = (1 - confidence) / 2
-    if len(values) == 0:
-        return point, float("nan"), float("nan")
-    return point, float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))
+    low, high = _percentile_interval([diff(d) for d in _draws(len(a), resamples, seed)], confidence)
+    return point, low, high
 
 
 def _per_group(y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray, n: int) -> np.ndarray:
@@ -155,6 +144,17 @@ def _per_group(y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray, n: in
     per_group = np.zeros((len(names), n, n), dtype=np.int64)
     np.add.at(per_group, (inverse, y_true, y_pred), 1)
     return per_group
+
+
+def _percentile_interval(values, confidence: float) -> tuple[float, float]:
+    """The central ``confidence`` interval of the replicates that are defined (a metric is NaN
+    in a replicate that drew no piece of its class); NaN, NaN if none is."""
+    arr = np.asarray(values, dtype=np.float64)
+    arr = arr[~np.isnan(arr)]
+    if len(arr) == 0:
+        return float("nan"), float("nan")
+    alpha = (1 - confidence) / 2
+    return float(np.quantile(arr, alpha)), float(np.quantile(arr, 1 - alpha))
 
 
 def _draws(n_groups: int, resamples: int, seed: int) -> np.ndarray:
