@@ -244,6 +244,11 @@ class TrainConfig:
     network calls new patients' N beats F. 50 (F held to S's level) was level with the default
     nested in DS1 (+0.0002): fewer beats called F, true and false alike (``benchmarks/quality.md``,
     twenty-eighth round)."""
+    patient_adversary: float = 0.0
+    """The weight of a patient adversary on N beats (``ecg/adversary.py``; Ganin and Lempitsky
+    2015): a head learns which training patient an N beat came from and its gradient reaches the
+    LSTM reversed, so N beats come to look alike whoever the patient. 0: none. 1 is their
+    weight."""
     average_epochs: int = 1
     """Without validation patients: keep the mean of the weights after each of the last
     ``average_epochs`` epochs instead of the last epoch's (stochastic weight averaging, Izmailov
@@ -300,6 +305,7 @@ class TrainConfig:
             "weight_cap",
             "0 (no ceiling) or at least 1 (times the most frequent class's weight)",
         )
+        _check(self.patient_adversary >= 0, "patient_adversary", "0 (none) or a positive weight")
         _check(
             1 <= self.average_epochs <= self.epochs,
             "average_epochs",

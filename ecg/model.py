@@ -58,16 +58,22 @@ class BiLSTMClassifier(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, rr: torch.Tensor | None = None) -> torch.Tensor:
+        return self.classify(self.pooled(x), rr)
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """The window read into one vector (batch, 2 x hidden), before the RR features join:
+        what ``ecg.adversary`` trains to say nothing of the patient."""
         if self.front is not None:
             x = self.front(x.transpose(1, 2)).transpose(1, 2)
         states, (h_n, _) = self.lstm(x)
         if self.pooling == "last":
-            pooled = torch.cat([h_n[-2], h_n[-1]], dim=1)  # last layer, forward and backward
-        elif self.pooling == "mean":
-            pooled = states.mean(dim=1)
-        else:
-            weights = torch.softmax(self.attention(states).squeeze(-1), dim=1)
-            pooled = (weights.unsqueeze(-1) * states).sum(dim=1)
+            return torch.cat([h_n[-2], h_n[-1]], dim=1)  # last layer, forward and backward
+        if self.pooling == "mean":
+            return states.mean(dim=1)
+        weights = torch.softmax(self.attention(states).squeeze(-1), dim=1)
+        return (weights.unsqueeze(-1) * states).sum(dim=1)
+
+    def classify(self, pooled: torch.Tensor, rr: torch.Tensor | None = None) -> torch.Tensor:
         if rr is not None:
             pooled = torch.cat([pooled, rr], dim=1)
         return self.head(pooled)

@@ -67,6 +67,7 @@ STAGES: tuple[Stage, ...] = (
             "train.class_weights",
             "train.class_weight_power",
             "train.weight_cap",
+            "train.patient_adversary",
             "train.weight_rhythms",
             "train.precision",
             "train.average_epochs",
@@ -84,7 +85,14 @@ STAGES: tuple[Stage, ...] = (
             "split.val_fraction",  # 0: no validation side, a fixed number of epochs
         ),
         upstream=("download", "preprocess", "split"),
-        code=("ecg.model", "ecg.dataset", "ecg.metrics", "ecg.augment", "ecg.losses"),
+        code=(
+            "ecg.model",
+            "ecg.dataset",
+            "ecg.metrics",
+            "ecg.augment",
+            "ecg.losses",
+            "ecg.adversary",
+        ),
         help="fit the BiLSTM on the training patients (stopped on validation patients, if any)",
     ),
     Stage(

@@ -35,6 +35,13 @@ from torch import nn
 from tqdm import tqdm
 
 from ecg import __version__
+from ecg.adversary import (
+    PatientAdversary,
+    WithAdversary,
+    adversary_loss,
+    patient_targets,
+    reversal_factor,
+)
 from ecg.augment import augment, fibrillation_rr, with_fibrillation_rr, without_p_wave
 from ecg.config import AugmentConfig, PipelineConfig, TrainConfig, flatten, to_dict
 from ecg.dataset import FoldData, Side, load_fold
@@ -229,6 +236,10 @@ class EpochLog:
     lr: float
     epoch_seconds: float
     train_beats_per_s: float
+    adversary_loss: float = float("nan")
+    """The patient adversary's cross-entropy on the epoch's N beats (``train.patient_adversary``;
+    NaN without one): near log(patients) when the LSTM hides the patient, lower when the head
+    still finds it."""
 
 
 @dataclass
@@ -296,29 +307,35 @@ def fit(
     groups: torch.Tensor | None = None,
     rr_pool: torch.Tensor | None = None,
     pre_s: float = 0.25,
+    patients: np.ndarray | None = None,
 ) -> FitState:
     """Train ``model`` and return the state holding the weights of its best validation epoch;
     with no ``val``, train all ``cfg.epochs`` at a constant learning rate and keep the last.
     ``groups`` (from ``weight_groups``) weight the loss by group instead of by class;
     ``rr_pool`` (from ``fibrillation_rr``) gives some N beats a fibrillation context;
-    ``pre_s``, the window's start before R, says where their P wave is (``augment.af_waveform``)."""
+    ``pre_s``, the window's start before R, says where their P wave is (``augment.af_waveform``);
+    ``patients``, each training piece's patient, is what ``train.patient_adversary`` hides."""
     rank, world = distributed()
-    model.to(device)
+    trained = with_adversary(model, train, classes, cfg, patients)
+    targets_all = None
+    if trained is not model:
+        targets_all, _ = patient_targets(patients, train.y, classes.index("N"))
+    trained.to(device)
     normalizer.to(device)
-    net: nn.Module = model
+    net: nn.Module = trained
     if world > 1:
         net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
+            trained, device_ids=[device.index] if device.type == "cuda" else None
         )
     loss_fn = training_loss(train.y, groups, len(classes), cfg, device)
-    optimizer = build_optimizer(model, cfg)
+    optimizer = build_optimizer(trained, cfg)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="max", factor=cfg.lr_factor, patience=cfg.lr_patience
     )
     state = FitState()
     generator = torch.Generator().manual_seed(cfg.seed)
     if resume and checkpoint is not None and checkpoint.exists():
-        state = _load_checkpoint(checkpoint, model, optimizer, scheduler, generator)
+        state = _load_checkpoint(checkpoint, trained, optimizer, scheduler, generator)
         log.info("train: resuming after epoch %d from %s", state.epoch, checkpoint)
     on_device = device.type == "cuda"
     x_all, y_all = train.x, train.y
@@ -330,6 +347,7 @@ def fit(
         x_all, y_all = x_all.to(device), y_all.to(device)
         rr_all = None if rr_all is None else rr_all.to(device)
         groups_all = None if groups_all is None else groups_all.to(device)
+        targets_all = None if targets_all is None else targets_all.to(device)
     while state.epoch < cfg.epochs and (val is None or state.bad_epochs < cfg.patience):
         epoch = state.epoch + 1
         started = time.perf_counter()
@@ -338,6 +356,7 @@ def fit(
         if on_device:
             order = order.to(device)
         batches = range(0, len(order), cfg.batch_size)
+        steps_before = (epoch - 1) * len(batches)
         bar = tqdm(
             batches,
             desc=f"epoch {epoch}/{cfg.epochs}",
@@ -345,8 +364,8 @@ def fit(
             leave=False,
             disable=None if (progress and rank == 0) else True,
         )
-        total_loss, seen = 0.0, 0
-        for start in bar:
+        total_loss, seen, adversary_total = 0.0, 0, 0.0
+        for step, start in enumerate(bar, start=steps_before):
             idx = order[start : start + cfg.batch_size]
             x = x_all[idx].to(device, non_blocking=True)
             y = y_all[idx].to(device, non_blocking=True)
@@ -359,8 +378,16 @@ def fit(
                 rr, chosen = with_fibrillation_rr(rr, y == n_class, rr_pool, share, generator)
                 if augmentation.af_waveform:
                     x = without_p_wave(x, chosen, fs, pre_s, generator, paired)
-            loss = training_step(net, normalizer, loss_fn, optimizer, cfg, device, x, y, rr, group)
+            target, factor = None, 0.0
+            if targets_all is not None:
+                target = targets_all[idx].to(device, non_blocking=True)
+                factor = reversal_factor(step / (cfg.epochs * len(batches)), cfg.patient_adversary)
+            loss, hidden = training_step(
+                net, normalizer, loss_fn, optimizer, cfg, device, x, y, rr, group, target, factor
+            )
             total_loss += loss.item() * len(idx)
+            if hidden is not None:
+                adversary_total += hidden.item() * len(idx)
             seen += len(idx)
             bar.set_postfix(loss=f"{total_loss / seen:.4f}", refresh=False)
         bar.close()
@@ -373,9 +400,18 @@ def fit(
             lr=optimizer.param_groups[0]["lr"],
             epoch_seconds=time.perf_counter() - started,
             train_beats_per_s=seen * world / max(train_seconds, 1e-9),
+            adversary_loss=adversary_total / max(seen, 1) if targets_all is not None else math.nan,
         )
         state.epoch = epoch
-        state.history.append(vars(entry))
+        # adversary_loss only where there is an adversary: the history of a run without one
+        # stays as it was (and NaN, unequal to itself, would not survive a checkpoint's compare)
+        state.history.append(
+            {
+                k: v
+                for k, v in vars(entry).items()
+                if k != "adversary_loss" or targets_all is not None
+            }
+        )
         if val is None:  # nothing to select on: the last epoch is the one kept
             state.best_f1, state.best_epoch = float("nan"), epoch
             averaged = epoch - (cfg.epochs - cfg.average_epochs) - 1  # epochs in the mean so far
@@ -407,7 +443,7 @@ def fit(
                 entry.train_beats_per_s,
             )
             if checkpoint is not None:
-                _save_checkpoint(checkpoint, model, optimizer, scheduler, generator, state)
+                _save_checkpoint(checkpoint, trained, optimizer, scheduler, generator, state)
             if on_epoch:
                 on_epoch(entry)
     if val is not None and state.bad_epochs >= cfg.patience and rank == 0:
@@ -480,19 +516,60 @@ def training_step(
     y: torch.Tensor,
     rr: torch.Tensor | None,
     group: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """One optimiser step on one (augmented) batch; returns its loss. Shared with
-    ``benchmarks/train_speed.py`` so that the benchmark times the step training takes."""
+    patient: torch.Tensor | None = None,
+    factor: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One optimiser step on one (augmented) batch; returns its class loss and, with a patient
+    adversary (``net`` a ``WithAdversary``, ``patient`` its targets), the adversary's loss.
+    Shared with ``benchmarks/train_speed.py`` so that the benchmark times the step training
+    takes."""
     x, rr = normalizer(x, rr)
+    hidden = None
     with training_precision(cfg.precision, device):
-        logits = net(x, rr).float()
+        if patient is None:
+            logits = net(x, rr).float()
+        else:
+            logits, guesses = net(x, rr, factor)
+            logits = logits.float()
     loss = loss_fn(logits, y) if group is None else loss_fn(logits, y, group)
+    total = loss
+    if patient is not None:
+        hidden = adversary_loss(guesses, patient)
+        total = loss + hidden
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    total.backward()
     if cfg.clip_grad_norm:
         nn.utils.clip_grad_norm_(net.parameters(), cfg.clip_grad_norm)
     optimizer.step()
-    return loss
+    return loss, hidden
+
+
+def with_adversary(
+    model: BiLSTMClassifier,
+    train: Side,
+    classes: list[str],
+    cfg: TrainConfig,
+    patients: np.ndarray | None,
+) -> nn.Module:
+    """What ``fit`` trains: ``model``, or with ``train.patient_adversary`` the model and a patient
+    head as one ``WithAdversary`` (the head is dropped after training)."""
+    if not cfg.patient_adversary:
+        return model
+    if patients is None or len(patients) != len(train):
+        raise EcgError(
+            "train.patient_adversary: training needs each training piece's patient "
+            f"({0 if patients is None else len(patients)} given for {len(train)} pieces)"
+        )
+    if "N" not in classes:
+        raise EcgError(f"train.patient_adversary: acts on N beats, and N is not among {classes}")
+    _, n_patients = patient_targets(patients, train.y, classes.index("N"))
+    if n_patients < 2:
+        raise EcgError(
+            f"train.patient_adversary: the training side holds {n_patients} patient; "
+            "there is nothing to hide"
+        )
+    hidden = model.lstm.hidden_size
+    return WithAdversary(model, PatientAdversary(2 * hidden, hidden, n_patients))
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -814,6 +891,7 @@ def train_members(
                 groups=member_groups,
                 rr_pool=rr_pool,
                 pre_s=config.segment.pre_s,
+                patients=data.index["patient"].to_numpy()[side.rows],
             )
         )
         members.append(model.cpu())

@@ -208,8 +208,23 @@ def test_averaged_epochs_are_at_most_the_epochs(tmp_path):
             50,
             [("train.weight_cap=0.5", r"weight_cap: 0 \(no ceiling\) or at least 1")],
         ),
+        (
+            "train:\n  patient_adversary: 1\n",
+            "train",
+            "patient_adversary",
+            1,
+            [("train.patient_adversary=-1", r"patient_adversary: 0 \(none\) or a positive")],
+        ),
     ],
-    ids=["label_smoothing", "ensemble_patients", "af_context", "prior_shrinkage", "gate", "cap"],
+    ids=[
+        "label_smoothing",
+        "ensemble_patients",
+        "af_context",
+        "prior_shrinkage",
+        "gate",
+        "cap",
+        "adversary",
+    ],
 )
 def test_a_setting_is_read_and_its_impossible_values_refused(
     tmp_path, yaml_text, section, key, value, refused
