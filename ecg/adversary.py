@@ -68,11 +68,13 @@ class PatientAdversary(nn.Module):
     """Pooled LSTM state -> training patient, the class head's shape, behind the reversal.
 
     The state is standardised per feature first (batch normalisation): what tells patients apart
-    lies in small differences of a state shaped for the classes. Without it, trained beside the
-    default recipe on DS1 with nothing reversed, the head found an N beat's patient 10 % of the
-    time (the largest patient holds 7 % of the N beats) where a logistic regression on the
-    standardised state finds 84 %; with it, 18-24 % (``benchmarks/quality.md``, twenty-ninth
-    round). A head so weak leaves the reversal little to push against."""
+    lies in small differences of a state shaped for the classes. Trained beside the default
+    recipe on DS1 with nothing reversed (``benchmarks/adversary_head.py --factor 0``), the head
+    without it named the patient of 11 % of 4,000 held-back N beats, with it 19 %, where a
+    logistic regression on the same standardised state names 70-75 % (the largest patient holds
+    7 %). Even so the head is weak: it has one training's steps to learn in, and a weak head
+    leaves the reversal little to push against (``benchmarks/quality.md``, twenty-ninth
+    round)."""
 
     def __init__(self, features: int, hidden: int, patients: int):
         super().__init__()
