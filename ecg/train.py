@@ -185,10 +185,15 @@ def training_precision(precision: str, device: torch.device):
 
 
 def weight_groups(
-    train: Side, index: pd.DataFrame, classes: list[str], rhythms: tuple[str, ...]
+    train: Side,
+    index: pd.DataFrame,
+    classes: list[str],
+    rhythms: tuple[str, ...],
+    warn: bool = True,
 ) -> torch.Tensor | None:
     """Each training piece's class index, except N beats in one of ``rhythms``, which form one
-    more group (index ``len(classes)``) for the class weights; None without ``rhythms``."""
+    more group (index ``len(classes)``) for the class weights; None without ``rhythms``.
+    ``warn``: say so when no N beat is in them (once per training, not again for its prior)."""
     if not rhythms:
         return None
     if "rhythm" not in index.columns:
@@ -201,7 +206,7 @@ def weight_groups(
     in_rhythm = torch.from_numpy(index.loc[train.rows, "rhythm"].isin(rhythms).to_numpy(copy=True))
     groups = train.y.clone()
     groups[in_rhythm & (train.y == classes.index("N"))] = len(classes)
-    if not (groups == len(classes)).any():
+    if warn and not (groups == len(classes)).any():
         present = sorted(set(index.loc[train.rows, "rhythm"]) - {""})
         log.warning(
             "train.weight_rhythms: no training N beat is in %s (the training beats' rhythms: %s); "
@@ -902,7 +907,8 @@ def train_members(
 def fold_prior(config: PipelineConfig, data: FoldData) -> np.ndarray:
     """``training_prior`` of a fold's training side under the configuration's weights."""
     train = data.sides["train"]
-    groups = weight_groups(train, data.index, data.classes, config.train.weight_rhythms)
+    rhythms = config.train.weight_rhythms
+    groups = weight_groups(train, data.index, data.classes, rhythms, warn=False)
     return training_prior(train, groups, data.classes, config.train)
 
 

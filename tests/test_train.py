@@ -7,6 +7,7 @@ import math
 import os
 import signal
 import socket
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -16,7 +17,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from ecg.config import TrainConfig
-from ecg.dataset import Side
+from ecg.dataset import FoldData, Side
 from ecg.errors import EcgError
 from ecg.losses import FocalLoss, make_loss
 from ecg.model import BiLSTMClassifier, PackagedClassifier, pack
@@ -26,6 +27,7 @@ from ecg.train import (
     draw_patients,
     fit,
     fit_normalizer,
+    fold_prior,
     predict_proba,
     running_mean,
     seed_everything,
@@ -643,6 +645,12 @@ def test_n_beats_in_a_weighted_rhythm_form_a_group_of_their_own(caplog):
     with caplog.at_level("WARNING", logger="ecg"):
         weight_groups(side, index, ["N", "S"], ("VT",))
     assert "no training N beat is in VT" in caplog.text and "AFIB, AFL, B, N" in caplog.text
+    caplog.clear()
+    data = FoldData(["N", "S"], [], {"train": side}, index, {}, {})
+    config = SimpleNamespace(train=dataclasses.replace(CFG, weight_rhythms=("VT",)))
+    with caplog.at_level("WARNING", logger="ecg"):
+        fold_prior(config, data)  # the prior of the training just warned about: no second warning
+    assert caplog.text == ""
     with pytest.raises(EcgError, match="no reference rhythms"):
         weight_groups(side, index.drop(columns="rhythm"), ["N", "S"], ("AFIB",))
     with pytest.raises(EcgError, match="N is not among"):
