@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import socket
 
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 from test_train import CFG, _model, toy_side
 
 from ecg.adversary import (
@@ -144,3 +147,27 @@ def test_a_resumed_run_with_an_adversary_continues_where_it_stopped(tmp_path):
 def test_an_adversary_without_the_pieces_patients_is_refused():
     with pytest.raises(EcgError, match="patient_adversary: training needs each training piece"):
         _fit_with_adversary(patients=False)
+
+
+def _ddp_worker(rank: int, port: int, results) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        torch.set_num_threads(1)
+        cfg = dataclasses.replace(CFG, epochs=2, patient_adversary=1.0)
+        model, state = _fit_with_adversary(cfg=cfg)
+        flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+        results[rank] = (flat.numpy(), state.history[-1]["adversary_loss"])
+    finally:
+        dist.destroy_process_group()
+
+
+def test_under_distributed_data_parallel_the_ranks_train_one_model_and_one_adversary():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_ddp_worker, args=(port, results), nprocs=2, join=True)
+        (w0, loss0), (w1, loss1) = results[0], results[1]
+    np.testing.assert_allclose(w0, w1)  # the classifier's and the head's gradients were averaged
+    assert loss0 > 0 and loss1 > 0
