@@ -21,7 +21,6 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from ecg.adversary import patient_targets
 from ecg.config import find_pipeline, load_config, to_dict
 from ecg.dataset import load_fold
 from ecg.model import build_model
@@ -61,8 +60,8 @@ def main() -> None:
     model = build_model(data.n_leads, len(data.classes), len(data.rr_names), single)
     normalizer = fit_normalizer(train, config.model.input_norm == "window")
     patients = data.index["patient"].to_numpy()[train.rows]
-    both = with_adversary(model, train, data.classes, cfg, patients)
-    targets, n_patients = patient_targets(patients, train.y, data.classes.index("N"))
+    both, targets = with_adversary(model, train, data.classes, cfg, patients)
+    n_patients = len(np.unique(patients))
     loss_fn = training_loss(train.y, None, len(data.classes), cfg, cpu)
     optimizer = build_optimizer(both, cfg)
     generator = torch.Generator().manual_seed(cfg.seed)

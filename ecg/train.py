@@ -243,8 +243,8 @@ class EpochLog:
     train_beats_per_s: float
     adversary_loss: float = float("nan")
     """The patient adversary's cross-entropy on the epoch's N beats (``train.patient_adversary``;
-    NaN without one): near log(patients) when the LSTM hides the patient, lower when the head
-    still finds it."""
+    NaN, and left out of the history, without one): near log(patients) when the head does not
+    find the patient, lower when it does."""
 
 
 @dataclass
@@ -321,10 +321,7 @@ def fit(
     ``pre_s``, the window's start before R, says where their P wave is (``augment.af_waveform``);
     ``patients``, each training piece's patient, is what ``train.patient_adversary`` hides."""
     rank, world = distributed()
-    trained = with_adversary(model, train, classes, cfg, patients)
-    targets_all = None
-    if trained is not model:
-        targets_all, _ = patient_targets(patients, train.y, classes.index("N"))
+    trained, targets_all = with_adversary(model, train, classes, cfg, patients)
     trained.to(device)
     normalizer.to(device)
     net: nn.Module = trained
@@ -387,12 +384,12 @@ def fit(
             if targets_all is not None:
                 target = targets_all[idx].to(device, non_blocking=True)
                 factor = reversal_factor(step / (cfg.epochs * len(batches)), cfg.patient_adversary)
-            loss, hidden = training_step(
+            loss, adversary = training_step(
                 net, normalizer, loss_fn, optimizer, cfg, device, x, y, rr, group, target, factor
             )
             total_loss += loss.item() * len(idx)
-            if hidden is not None:
-                adversary_total += hidden.item() * len(idx)
+            if adversary is not None:
+                adversary_total += adversary.item() * len(idx)
             seen += len(idx)
             bar.set_postfix(loss=f"{total_loss / seen:.4f}", refresh=False)
         bar.close()
@@ -529,7 +526,7 @@ def training_step(
     Shared with ``benchmarks/train_speed.py`` so that the benchmark times the step training
     takes."""
     x, rr = normalizer(x, rr)
-    hidden = None
+    adversary = None
     with training_precision(cfg.precision, device):
         if patient is None:
             logits = net(x, rr).float()
@@ -539,14 +536,14 @@ def training_step(
     loss = loss_fn(logits, y) if group is None else loss_fn(logits, y, group)
     total = loss
     if patient is not None:
-        hidden = adversary_loss(guesses, patient)
-        total = loss + hidden
+        adversary = adversary_loss(guesses, patient)
+        total = loss + adversary
     optimizer.zero_grad(set_to_none=True)
     total.backward()
     if cfg.clip_grad_norm:
         nn.utils.clip_grad_norm_(net.parameters(), cfg.clip_grad_norm)
     optimizer.step()
-    return loss, hidden
+    return loss, adversary
 
 
 def with_adversary(
@@ -555,11 +552,12 @@ def with_adversary(
     classes: list[str],
     cfg: TrainConfig,
     patients: np.ndarray | None,
-) -> nn.Module:
+) -> tuple[nn.Module, torch.Tensor | None]:
     """What ``fit`` trains: ``model``, or with ``train.patient_adversary`` the model and a patient
-    head as one ``WithAdversary`` (the head is dropped after training)."""
+    head as one ``WithAdversary`` (the head is dropped after training); and the head's targets,
+    each training piece's patient (``patient_targets``; None without a head)."""
     if not cfg.patient_adversary:
-        return model
+        return model, None
     if patients is None or len(patients) != len(train):
         raise EcgError(
             "train.patient_adversary: training needs each training piece's patient "
@@ -567,14 +565,14 @@ def with_adversary(
         )
     if "N" not in classes:
         raise EcgError(f"train.patient_adversary: acts on N beats, and N is not among {classes}")
-    _, n_patients = patient_targets(patients, train.y, classes.index("N"))
+    targets, n_patients = patient_targets(patients, train.y, classes.index("N"))
     if n_patients < 2:
         raise EcgError(
             f"train.patient_adversary: the training side holds {n_patients} patient; "
             "there is nothing to hide"
         )
     hidden = model.lstm.hidden_size
-    return WithAdversary(model, PatientAdversary(2 * hidden, hidden, n_patients))
+    return WithAdversary(model, PatientAdversary(2 * hidden, hidden, n_patients)), targets
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
