@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import socket
 
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
-from test_train import CFG, _model, toy_side
+from test_train import CFG, _fit, _model, on_two_gloo_ranks, toy_side
 
 from ecg.adversary import (
     IGNORED,
@@ -23,7 +20,6 @@ from ecg.adversary import (
     reverse_gradient,
 )
 from ecg.errors import EcgError
-from ecg.train import fit, fit_normalizer, seed_everything
 
 
 def test_the_reversal_passes_the_input_and_turns_the_gradient_scaled():
@@ -85,23 +81,16 @@ def test_the_lstm_gets_the_class_gradient_minus_factor_times_the_adversary_gradi
     assert not torch.allclose(together, alone, atol=1e-6)
 
 
-def _fit_with_adversary(checkpoint=None, cfg=None, resume=False, patients=True, on_epoch=None):
-    seed_everything(0)
-    train = toy_side(512, 1)
-    model = _model()
-    cfg = cfg or dataclasses.replace(CFG, patient_adversary=1.0)
-    state = fit(
-        model,
-        fit_normalizer(train, per_window=False),
-        train,
-        None,
-        ["N", "S"],
-        cfg,
-        torch.device("cpu"),
-        checkpoint=checkpoint,
-        resume=resume,
+def _fit_with_adversary(tmp_path=None, cfg=None, resume=False, patients=True, on_epoch=None):
+    """The toy task, no validation side, classes N and S, four made-up patients; the checkpoint
+    in ``tmp_path`` (none without)."""
+    model, _, state = _fit(
+        tmp_path,
+        cfg or dataclasses.replace(CFG, patient_adversary=1.0),
+        resume,
+        validated=False,
+        classes=("N", "S"),
         on_epoch=on_epoch,
-        progress=False,
         patients=np.arange(512) % 4 if patients else None,
     )
     return model, state
@@ -109,7 +98,7 @@ def _fit_with_adversary(checkpoint=None, cfg=None, resume=False, patients=True, 
 
 def test_fit_trains_the_adversary_beside_the_model_and_keeps_the_model_alone(tmp_path):
     cfg = dataclasses.replace(CFG, patient_adversary=1.0, average_epochs=2)
-    model, state = _fit_with_adversary(tmp_path / "last.pt", cfg)
+    model, state = _fit_with_adversary(tmp_path, cfg)
     assert state.epoch == CFG.epochs
     losses = [e["adversary_loss"] for e in state.history]
     assert all(0 < loss < 2 * math.log(4) for loss in losses)
@@ -133,8 +122,8 @@ def test_a_resumed_run_with_an_adversary_continues_where_it_stopped(tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        _fit_with_adversary(tmp_path / "last.pt", on_epoch=killed)
-    model, resumed = _fit_with_adversary(tmp_path / "last.pt", resume=True)
+        _fit_with_adversary(tmp_path, on_epoch=killed)
+    model, resumed = _fit_with_adversary(tmp_path, resume=True)
     straight_model, straight = _fit_with_adversary()
     keys = ["train_loss", "adversary_loss"]
     assert [e[k] for e in resumed.history for k in keys] == pytest.approx(
@@ -149,25 +138,14 @@ def test_an_adversary_without_the_pieces_patients_is_refused():
         _fit_with_adversary(patients=False)
 
 
-def _ddp_worker(rank: int, port: int, results) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    try:
-        torch.set_num_threads(1)
-        cfg = dataclasses.replace(CFG, epochs=2, patient_adversary=1.0)
-        model, state = _fit_with_adversary(cfg=cfg)
-        flat = torch.cat([p.detach().flatten() for p in model.parameters()])
-        results[rank] = (flat.numpy(), state.history[-1]["adversary_loss"])
-    finally:
-        dist.destroy_process_group()
+def _two_epochs_with_an_adversary() -> tuple[np.ndarray, float]:
+    cfg = dataclasses.replace(CFG, epochs=2, patient_adversary=1.0)
+    model, state = _fit_with_adversary(cfg=cfg)
+    flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+    return flat.numpy(), state.history[-1]["adversary_loss"]
 
 
 def test_under_distributed_data_parallel_the_ranks_train_one_model_and_one_adversary():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with mp.Manager() as manager:
-        results = manager.dict()
-        mp.spawn(_ddp_worker, args=(port, results), nprocs=2, join=True)
-        (w0, loss0), (w1, loss1) = results[0], results[1]
+    (w0, loss0), (w1, loss1) = on_two_gloo_ranks(_two_epochs_with_an_adversary)
     np.testing.assert_allclose(w0, w1)  # the classifier's and the head's gradients were averaged
     assert loss0 > 0 and loss1 > 0

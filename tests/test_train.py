@@ -62,7 +62,8 @@ def _model(n_rr=2):
     return BiLSTMClassifier(n_leads=1, n_classes=2, n_rr=n_rr, hidden=8, layers=1, dropout=0.0)
 
 
-def _fit(tmp_path=None, cfg=CFG, resume=False, seed=0):
+def _fit(tmp_path=None, cfg=CFG, resume=False, seed=0, validated=True, classes=("a", "b"), **more):
+    """The toy task fitted; ``more`` goes to ``fit`` as it is."""
     seed_everything(seed)
     train, val = toy_side(512, 1), toy_side(256, 2)
     model = _model()
@@ -72,13 +73,14 @@ def _fit(tmp_path=None, cfg=CFG, resume=False, seed=0):
         model,
         normalizer,
         train,
-        val,
-        ["a", "b"],
+        val if validated else None,
+        list(classes),
         cfg,
         torch.device("cpu"),
         checkpoint=checkpoint,
         resume=resume,
         progress=False,
+        **more,
     )
     return model, normalizer, state
 
@@ -181,25 +183,34 @@ def test_packaged_model_gives_probabilities_from_one_tensor():
     assert (proba.argmax(1) == side.y).float().mean() > 0.9
 
 
-def _ddp_worker(rank: int, port: int, results) -> None:
+def _gloo_rank(rank: int, port: int, results, train) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
         torch.set_num_threads(1)
-        model, _, state = _fit(cfg=dataclasses.replace(CFG, epochs=2))
-        flat = torch.cat([p.detach().flatten() for p in model.parameters()])
-        results[rank] = (flat.numpy(), state.best_f1)
+        results[rank] = train()
     finally:
         dist.destroy_process_group()
 
 
-def test_distributed_data_parallel_runs_with_two_gloo_processes():
+def on_two_gloo_ranks(train) -> tuple:
+    """``train()`` (a module-level function, so the processes can find it) run by two gloo
+    processes as one DistributedDataParallel job; what each returned, by rank."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with mp.Manager() as manager:
         results = manager.dict()
-        mp.spawn(_ddp_worker, args=(port, results), nprocs=2, join=True)
-        (w0, f0), (w1, f1) = results[0], results[1]
+        mp.spawn(_gloo_rank, args=(port, results, train), nprocs=2, join=True)
+        return results[0], results[1]
+
+
+def _two_epochs() -> tuple[np.ndarray, float]:
+    model, _, state = _fit(cfg=dataclasses.replace(CFG, epochs=2))
+    return torch.cat([p.detach().flatten() for p in model.parameters()]).numpy(), state.best_f1
+
+
+def test_distributed_data_parallel_runs_with_two_gloo_processes():
+    (w0, f0), (w1, f1) = on_two_gloo_ranks(_two_epochs)
     np.testing.assert_allclose(w0, w1)  # gradients were averaged: both ranks hold one model
     assert f0 == f1 and f0 > 0.8
 
