@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -220,3 +221,18 @@ def test_published_figures_say_which_were_checked_and_against_what(two_runs):
     for a in (a for a in mitdb if a["checked"]):
         assert f"Checked against {a['checked']}." in section
         assert a["work"] not in unchecked.group(1)
+
+
+def test_a_patient_adversary_is_reported_against_a_head_that_finds_no_patient(two_runs, tmp_path):
+    _, tracker, first, _ = two_runs
+    run = collect(tracker, first)
+    assert "patient adversary" not in markdown(build(run, tmp_path))
+    run.params["train.patient_adversary"] = "1.0"
+    for i, history in enumerate(run.histories.values()):
+        history["adversary_loss"] = [3.0 - 0.1 * i - 0.01 * e for e in range(len(history))]
+    text = markdown(build(run, tmp_path))
+    patients = int(run.split_summary.query("split == 'train'")["patients"].max())
+    last = ", ".join(f"{h['adversary_loss'].iloc[-1]:.2f}" for h in run.histories.values())
+    assert "A patient adversary (weight 1.0) trained beside the model" in text
+    assert f"its loss in the last epoch: {last}" in text
+    assert f"about ln {patients} = {math.log(patients):.2f}" in text

@@ -255,11 +255,41 @@ def _training(doc: Document, run: RunData, figures: Path) -> None:
             "number of epochs fixed in the configuration (chosen beforehand on validation "
             "patients of the training side), at a constant learning rate"
         )
+    adversary = _adversary_sentence(run)
+    if adversary:
+        sentences.append(adversary)
     shown = "loss, validation macro-F1 and" if validated else "loss and"
     doc.add(
         Image(path, f"{shown} learning rate per epoch"),
         Paragraph(". ".join(sentences) + "."),
     )
+
+
+def _adversary_sentence(run: RunData) -> str:
+    """What the patient adversary (``train.patient_adversary``) ended at, against the loss of a
+    head that names no patient: whether the LSTM had an opponent at all (``benchmarks/quality.md``,
+    twenty-ninth round, where the first head never found one)."""
+    last = [
+        float(h["adversary_loss"].dropna().iloc[-1])
+        for h in run.histories.values()
+        if "adversary_loss" in h and h["adversary_loss"].notna().any()
+    ]
+    if not last:
+        return ""
+    sentence = (
+        f"A patient adversary (weight {run.params.get('train.patient_adversary', '?')}) trained "
+        "beside the model, guessing each N beat's training patient with its gradient reversed "
+        f"into the LSTM; its loss in the last epoch: {', '.join(f'{v:.2f}' for v in last)}"
+    )
+    summary = run.split_summary
+    if summary is not None and {"split", "patients"} <= set(summary.columns):
+        patients = int(summary.loc[summary["split"] == "train", "patients"].max())
+        if patients > 1:
+            sentence += (
+                f" (a head that names no patient scores about ln {patients} = "
+                f"{math.log(patients):.2f}; lower means it still finds the patient)"
+            )
+    return sentence
 
 
 def _class_table(m: dict, ci: dict, classes: list[str]) -> Table:
