@@ -173,3 +173,60 @@ def without_p_wave(
         typical = beats - x[chosen, : cut + 1, leads:]
         y[chosen, :cut, leads:] = new - line(typical)
     return y
+
+
+FUSION_MIX = (0.3, 0.7)
+"""The share of the N beat in a synthetic fusion beat, drawn uniformly: neither end, which AAMI
+would label N or V."""
+FUSION_FLOOR = 10
+"""N and V beats a training patient needs to lend both to synthetic fusion beats."""
+
+
+def fusion_beats(
+    x: torch.Tensor,
+    rr: torch.Tensor | None,
+    y: torch.Tensor,
+    patients: np.ndarray,
+    n_class: int,
+    v_class: int,
+    count: int,
+    seed: int,
+) -> tuple[torch.Tensor, torch.Tensor | None, np.ndarray]:
+    """``count`` synthetic fusion beats: windows, RR features (or None) and patients.
+
+    A fusion beat is one ventricular depolarisation that starts both from the normal conduction
+    and from a ventricular focus, so its shape lies between the patient's own N and V beats, and
+    it comes on time (the sinus impulse has to arrive for the two to meet). Each is a random N and
+    V beat of one patient, both centred on their R peak, mixed ``a * N + (1 - a) * V`` with ``a``
+    in ``FUSION_MIX``; a beat-minus-template channel mixes to exactly the mixed beat minus the
+    same template. Its RR features are the N beat's. Patients with ``FUSION_FLOOR`` N and V
+    beats or more share ``count`` as evenly as it divides; none: nothing is made.
+    """
+    patients = np.asarray(patients)
+    labels = y.numpy()
+    lenders = [
+        p
+        for p in np.unique(patients)
+        if min(
+            np.sum((patients == p) & (labels == n_class)),
+            np.sum((patients == p) & (labels == v_class)),
+        )
+        >= FUSION_FLOOR
+    ]
+    empty = (x[:0], None if rr is None else rr[:0], patients[:0])
+    if not lenders or count <= 0:
+        return empty
+    rng = np.random.default_rng(seed)
+    shares = np.full(len(lenders), count // len(lenders))
+    shares[: count % len(lenders)] += 1
+    n_rows, v_rows, owners = [], [], []
+    for patient, k in zip(lenders, shares, strict=True):
+        own = patients == patient
+        n_rows.append(rng.choice(np.flatnonzero(own & (labels == n_class)), k))
+        v_rows.append(rng.choice(np.flatnonzero(own & (labels == v_class)), k))
+        owners.append(np.full(k, patient, dtype=patients.dtype))
+    n_at = torch.from_numpy(np.concatenate(n_rows))
+    v_at = torch.from_numpy(np.concatenate(v_rows))
+    a = torch.from_numpy(rng.uniform(*FUSION_MIX, size=len(n_at))).to(x.dtype)[:, None, None]
+    mixed = a * x[n_at] + (1 - a) * x[v_at]
+    return mixed, None if rr is None else rr[n_at].clone(), np.concatenate(owners)

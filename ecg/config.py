@@ -358,7 +358,14 @@ class AugmentConfig:
     round's settings it was level with the default nested in DS1 (-0.0015) and 0.015 ahead of the
     same context with the P wave kept (``benchmarks/quality.md``, twenty-fifth round)."""
 
+    fusion_share: float = 0.0
+    """Synthetic fusion (F) beats added to each member's training side, as a multiple of its real
+    F beats (``ecg.augment.fusion_beats``): a random N and V beat of one training patient mixed,
+    with the N beat's RR features. DS1's F beats are in effect one patient's (208), so without
+    them the network learns what 208 looks like, not what fusion is. 0: none."""
+
     def __post_init__(self) -> None:
+        _check(self.fusion_share >= 0, "fusion_share", "0 (none) or a positive multiple")
         _check(0 <= self.af_context < 1, "af_context", "a share in [0, 1)")
         _check(0 < self.af_cv < 1, "af_cv", "a coefficient of variation in (0, 1)")
         _check(

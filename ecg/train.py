@@ -42,7 +42,13 @@ from ecg.adversary import (
     patient_targets,
     reversal_factor,
 )
-from ecg.augment import augment, fibrillation_rr, with_fibrillation_rr, without_p_wave
+from ecg.augment import (
+    augment,
+    fibrillation_rr,
+    fusion_beats,
+    with_fibrillation_rr,
+    without_p_wave,
+)
 from ecg.config import AugmentConfig, PipelineConfig, TrainConfig, flatten, to_dict
 from ecg.dataset import FoldData, Side, load_fold
 from ecg.digests import sha256_file
@@ -872,6 +878,17 @@ def train_members(
                 len(np.unique(patients)),
                 " ".join(sorted(set(patients) - set(patients[keep]))),
             )
+        patients = data.index["patient"].to_numpy()[side.rows]
+        if config.augment.fusion_share:
+            side, member_groups, patients = with_fusion_beats(
+                side,
+                member_groups,
+                patients,
+                data.classes,
+                config.augment.fusion_share,
+                cfg.seed + fold + 1000 * member,
+                where,
+            )
         checkpoint = None
         if scratch is not None:
             checkpoint = scratch / (f"member_{member}" if member else "") / "last.pt"
@@ -894,12 +911,55 @@ def train_members(
                 groups=member_groups,
                 rr_pool=rr_pool,
                 pre_s=config.segment.pre_s,
-                patients=data.index["patient"].to_numpy()[side.rows],
+                patients=patients,
             )
         )
         members.append(model.cpu())
     normalizer.cpu()
     return (Ensemble(members) if len(members) > 1 else members[0]), normalizer, states
+
+
+def with_fusion_beats(
+    side: Side,
+    groups: torch.Tensor | None,
+    patients: np.ndarray,
+    classes: list[str],
+    share: float,
+    seed: int,
+    where: str = "",
+) -> tuple[Side, torch.Tensor | None, np.ndarray]:
+    """``side`` with ``share`` times its F beats more, made from its patients' own N and V beats
+    (``ecg.augment.fusion_beats``), and ``groups`` and ``patients`` to match. A made piece has row
+    -1: it is in no index. Under 1/n class weights F weighs as much in all as before, spread over
+    real and made beats."""
+    missing = sorted({"N", "V", "F"} - set(classes))
+    if missing:
+        raise EcgError(
+            f"augment.fusion_share: mixes N and V beats into F beats, and {'/'.join(missing)} "
+            f"is not among {classes}"
+        )
+    f = classes.index("F")
+    count = round(share * int((side.y == f).sum()))
+    x, rr, owners = fusion_beats(
+        side.x, side.rr, side.y, patients, classes.index("N"), classes.index("V"), count, seed
+    )
+    log.info(
+        "train%s: %s fusion beats made from the N and V beats of %d patients",
+        where,
+        f"{len(x):,}",
+        len(np.unique(owners)),
+    )
+    if len(x) == 0:
+        return side, groups, patients
+    made = torch.full((len(x),), f, dtype=side.y.dtype)
+    side = Side(
+        torch.cat([side.x, x]),
+        None if side.rr is None else torch.cat([side.rr, rr]),
+        torch.cat([side.y, made]),
+        np.concatenate([side.rows, np.full(len(x), -1, dtype=side.rows.dtype)]),
+    )
+    groups = None if groups is None else torch.cat([groups, made])
+    return side, groups, np.concatenate([patients, owners])
 
 
 def fold_prior(config: PipelineConfig, data: FoldData) -> np.ndarray:

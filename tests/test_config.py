@@ -215,6 +215,13 @@ def test_averaged_epochs_are_at_most_the_epochs(tmp_path):
             1,
             [("train.patient_adversary=-1", r"patient_adversary: 0 \(none\) or a positive")],
         ),
+        (
+            "augment:\n  fusion_share: 1\n",
+            "augment",
+            "fusion_share",
+            1,
+            [("augment.fusion_share=-1", r"fusion_share: 0 \(none\) or a positive multiple")],
+        ),
     ],
     ids=[
         "label_smoothing",
@@ -224,6 +231,7 @@ def test_averaged_epochs_are_at_most_the_epochs(tmp_path):
         "gate",
         "cap",
         "adversary",
+        "fusion",
     ],
 )
 def test_a_setting_is_read_and_its_impossible_values_refused(

@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from ecg.augment import FUSION_MIX, fusion_beats
 from ecg.config import TrainConfig
 from ecg.dataset import FoldData, Side
 from ecg.errors import EcgError
@@ -34,6 +35,7 @@ from ecg.train import (
     training_precision,
     training_prior,
     weight_groups,
+    with_fusion_beats,
 )
 
 CFG = TrainConfig(epochs=4, batch_size=64, lr=0.01, patience=10, threads=0)
@@ -745,3 +747,43 @@ def test_averaged_epochs_do_nothing_when_validation_picks_the_epoch():
     averaged, _, _ = _fit(cfg=dataclasses.replace(CFG, average_epochs=2))
     for name, value in averaged.state_dict().items():
         assert torch.equal(value, plain.state_dict()[name])
+
+
+def _fusion_side():
+    """Patient a: 20 N beats (all 0 mV), 12 V beats (all 1 mV), 3 F; patient b: 30 N beats,
+    5 V beats (too few to lend); RR features say which beat a row is."""
+    y = np.array([0] * 20 + [2] * 12 + [3] * 3 + [0] * 30 + [2] * 5)
+    patients = np.array(["a"] * 35 + ["b"] * 35)
+    x = torch.from_numpy(np.where(y == 2, 1.0, 0.0)[:, None, None] * np.ones((1, 90, 2)))
+    rr = torch.arange(len(y), dtype=torch.float32)[:, None].repeat(1, 3)
+    return Side(x.float(), rr, torch.from_numpy(y), np.arange(len(y)) + 100), patients
+
+
+def test_made_fusion_beats_lie_between_one_patients_n_and_v_beats_and_come_on_time():
+    side, patients = _fusion_side()
+    x, rr, owners = fusion_beats(side.x, side.rr, side.y, patients, 0, 2, 7, seed=0)
+    assert x.shape == (7, 90, 2) and rr.shape == (7, 3)
+    assert set(owners) == {"a"}  # b has 5 V beats, fewer than the floor
+    level = x[:, 0, 0].numpy()  # the V beat's share, 1 - a
+    assert np.all((level >= 1 - FUSION_MIX[1]) & (level <= 1 - FUSION_MIX[0]))
+    assert torch.equal(x, x[:, :1, :1].expand_as(x))  # both channels, every sample alike
+    rows = rr[:, 0].long().numpy()
+    assert np.all(side.y.numpy()[rows] == 0) and np.all(patients[rows] == "a")  # an N beat's RR
+    again = fusion_beats(side.x, side.rr, side.y, patients, 0, 2, 7, seed=0)
+    assert torch.equal(x, again[0])
+    none = fusion_beats(side.x, side.rr, side.y, patients, 0, 1, 7, seed=0)  # no class-1 beats
+    assert len(none[0]) == 0 and len(none[2]) == 0
+
+
+def test_a_training_side_gains_fusion_beats_as_f_with_no_index_row():
+    side, patients = _fusion_side()
+    groups = side.y.clone()
+    classes = ["N", "S", "V", "F"]
+    more, more_groups, more_patients = with_fusion_beats(side, groups, patients, classes, 2.0, 0)
+    assert len(more) == len(side) + 6  # twice the 3 real F beats
+    assert more.y[len(side) :].tolist() == [3] * 6 and more_groups[len(side) :].tolist() == [3] * 6
+    assert more.rows[len(side) :].tolist() == [-1] * 6
+    assert list(more_patients[len(side) :]) == ["a"] * 6
+    assert torch.equal(more.x[: len(side)], side.x)
+    with pytest.raises(EcgError, match="fusion_share: mixes N and V beats into F beats, and F"):
+        with_fusion_beats(side, None, patients, ["N", "S", "V"], 1.0, 0)
