@@ -236,3 +236,16 @@ def test_a_patient_adversary_is_reported_against_a_head_that_finds_no_patient(tw
     assert "A patient adversary (weight 1.0) trained beside the model" in text
     assert f"its loss in the last epoch: {last}" in text
     assert f"about ln {patients} = {math.log(patients):.2f}" in text
+
+
+def test_synthetic_fusion_beats_are_counted_beside_the_real_ones(two_runs, tmp_path):
+    _, tracker, first, _ = two_runs
+    run = collect(tracker, first)
+    assert "synthetic fusion" not in markdown(build(run, tmp_path))
+    run.params["augment.fusion_share"] = "1.0"
+    real = int(run.split_summary.query("split == 'train'")["F"].sum())
+    text = markdown(build(run, tmp_path))
+    assert f"also held as many synthetic fusion (F) beats as real ones ({real:,} beside" in text
+    run.params["augment.fusion_share"] = "0.5"
+    text = markdown(build(run, tmp_path))
+    assert f"0.5 times as many synthetic fusion (F) beats as real ones ({round(real / 2):,}" in text

@@ -255,13 +255,29 @@ def _training(doc: Document, run: RunData, figures: Path) -> None:
             "number of epochs fixed in the configuration (chosen beforehand on validation "
             "patients of the training side), at a constant learning rate"
         )
-    adversary = _adversary_sentence(run)
-    if adversary:
-        sentences.append(adversary)
+    sentences += [s for s in (_fusion_sentence(run), _adversary_sentence(run)) if s]
     shown = "loss, validation macro-F1 and" if validated else "loss and"
     doc.add(
         Image(path, f"{shown} learning rate per epoch"),
         Paragraph(". ".join(sentences) + "."),
+    )
+
+
+def _fusion_sentence(run: RunData) -> str:
+    """The synthetic fusion beats (``augment.fusion_share``) the data table does not count."""
+    share = float(run.params.get("augment.fusion_share", 0) or 0)
+    if not share:
+        return ""
+    summary = run.split_summary
+    real = ""
+    if summary is not None and {"split", "F"} <= set(summary.columns):
+        f = int(summary.loc[summary["split"] == "train", "F"].sum())
+        real = f" ({round(share * f):,} beside the table's {f:,} real ones)"
+    many = "as many" if share == 1 else f"{share:g} times as many"
+    return (
+        f"Each member's training side also held {many} synthetic fusion (F) beats as real "
+        f"ones{real}, each a random N and V beat of one training patient mixed, with the N "
+        "beat's RR features (augment.fusion_share)"
     )
 
 
