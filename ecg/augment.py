@@ -182,6 +182,20 @@ FUSION_FLOOR = 10
 """N and V beats a training patient needs to lend both to synthetic fusion beats."""
 
 
+def fusion_lenders(patients: np.ndarray, labels: np.ndarray, n_class: int, v_class: int) -> list:
+    """The patients with ``FUSION_FLOOR`` N and V beats or more, who lend to fusion beats."""
+    patients = np.asarray(patients)
+    return [
+        p
+        for p in np.unique(patients)
+        if min(
+            np.sum((patients == p) & (labels == n_class)),
+            np.sum((patients == p) & (labels == v_class)),
+        )
+        >= FUSION_FLOOR
+    ]
+
+
 def fusion_beats(
     x: torch.Tensor,
     rr: torch.Tensor | None,
@@ -204,15 +218,7 @@ def fusion_beats(
     """
     patients = np.asarray(patients)
     labels = y.numpy()
-    lenders = [
-        p
-        for p in np.unique(patients)
-        if min(
-            np.sum((patients == p) & (labels == n_class)),
-            np.sum((patients == p) & (labels == v_class)),
-        )
-        >= FUSION_FLOOR
-    ]
+    lenders = fusion_lenders(patients, labels, n_class, v_class)
     empty = (x[:0], None if rr is None else rr[:0], patients[:0])
     if not lenders or count <= 0:
         return empty

@@ -46,6 +46,7 @@ from ecg.augment import (
     augment,
     fibrillation_rr,
     fusion_beats,
+    fusion_lenders,
     with_fibrillation_rr,
     without_p_wave,
 )
@@ -125,14 +126,14 @@ def class_weights(
 
 
 def training_prior(
-    train: Side, groups: torch.Tensor | None, classes: list[str], cfg: TrainConfig
+    y: torch.Tensor, groups: torch.Tensor | None, classes: list[str], cfg: TrainConfig
 ) -> np.ndarray:
     """The class prior the training loss implies: each class's share of the (sampled) training
     pieces times its weight. Under 1/n weights it is even across classes, whatever the counts;
     ``evaluate.adapt_priors`` needs it, as the prior the model's probabilities were made under.
     """
     n_classes = len(classes)
-    labels = train.y if groups is None else groups
+    labels = y if groups is None else groups
     class_of = torch.arange(n_classes)
     if groups is not None:  # the extra group (``weight_groups``) holds N beats
         class_of = torch.cat([class_of, torch.tensor([classes.index("N")])])
@@ -141,7 +142,7 @@ def training_prior(
         # every class is drawn equally often; the groups of one class in their own proportion
         per_class = torch.zeros(n_classes, dtype=torch.float64).index_add_(0, class_of, mass)
         mass = mass / per_class[class_of].clamp_min(1)
-    weights = loss_weights(train.y, groups, n_classes, cfg)
+    weights = loss_weights(y, groups, n_classes, cfg)
     if weights is not None:
         mass = mass * weights.double()
     prior = torch.zeros(n_classes, dtype=torch.float64).index_add_(0, class_of, mass)
@@ -866,7 +867,7 @@ def train_members(
         member_cfg = dataclasses.replace(cfg, seed=cfg.seed + 1000 * member)
         side, member_groups = train, groups
         if mcfg.ensemble_patients < 1:
-            patients = data.index["patient"].to_numpy()[train.rows]
+            patients = data.index.loc[train.rows, "patient"].to_numpy()
             keep = draw_patients(patients, mcfg.ensemble_patients, cfg.seed + fold + 1000 * member)
             side = train.take(keep)
             member_groups = None if groups is None else groups[torch.from_numpy(keep)]
@@ -878,7 +879,7 @@ def train_members(
                 len(np.unique(patients)),
                 " ".join(sorted(set(patients) - set(patients[keep]))),
             )
-        patients = data.index["patient"].to_numpy()[side.rows]
+        patients = data.index.loc[side.rows, "patient"].to_numpy()
         if config.augment.fusion_share:
             side, member_groups, patients = with_fusion_beats(
                 side,
@@ -939,7 +940,7 @@ def with_fusion_beats(
             f"is not among {classes}"
         )
     f = classes.index("F")
-    count = round(share * int((side.y == f).sum()))
+    count = fusion_count(side.y, patients, classes, share)
     x, rr, owners = fusion_beats(
         side.x, side.rr, side.y, patients, classes.index("N"), classes.index("V"), count, seed
     )
@@ -962,12 +963,30 @@ def with_fusion_beats(
     return side, groups, np.concatenate([patients, owners])
 
 
+def fusion_count(y: torch.Tensor, patients: np.ndarray, classes: list[str], share: float) -> int:
+    """How many fusion beats ``with_fusion_beats`` makes for a side: ``share`` times its F beats,
+    none when no patient has the N and V beats to lend."""
+    n, v, f = (classes.index(c) for c in ("N", "V", "F"))
+    if not fusion_lenders(patients, y.numpy(), n, v):
+        return 0
+    return round(share * int((y == f).sum()))
+
+
 def fold_prior(config: PipelineConfig, data: FoldData) -> np.ndarray:
-    """``training_prior`` of a fold's training side under the configuration's weights."""
+    """``training_prior`` of a fold's training side under the configuration's weights, the F
+    beats training makes (``augment.fusion_share``) counted with the real ones."""
     train = data.sides["train"]
     rhythms = config.train.weight_rhythms
     groups = weight_groups(train, data.index, data.classes, rhythms, warn=False)
-    return training_prior(train, groups, data.classes, config.train)
+    y, share, made = train.y, config.augment.fusion_share, 0
+    if share and {"N", "V", "F"} <= set(data.classes):
+        patients = data.index.loc[train.rows, "patient"].to_numpy()
+        made = fusion_count(y, patients, data.classes, share)
+    if made:
+        f = torch.full((made,), data.classes.index("F"), dtype=y.dtype)
+        y = torch.cat([y, f])
+        groups = None if groups is None else torch.cat([groups, f])
+    return training_prior(y, groups, data.classes, config.train)
 
 
 def model_spec(config, data, n_rr: int) -> dict:

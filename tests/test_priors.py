@@ -101,12 +101,12 @@ def _side(counts):
 def test_the_training_prior_is_the_class_shares_times_their_weights(weights, sampler, expected):
     side = _side([400, 50, 40, 10])
     cfg = TrainConfig(class_weights=weights, sampler=sampler)
-    np.testing.assert_allclose(training_prior(side, None, ["N", "S", "V", "F"], cfg), expected)
+    np.testing.assert_allclose(training_prior(side.y, None, ["N", "S", "V", "F"], cfg), expected)
 
 
 def test_sqrt_weights_give_a_prior_between_the_counts_and_even():
     side = _side([400, 100])
-    prior = training_prior(side, None, ["N", "S"], TrainConfig(class_weights="sqrt_inverse"))
+    prior = training_prior(side.y, None, ["N", "S"], TrainConfig(class_weights="sqrt_inverse"))
     np.testing.assert_allclose(prior, [2 / 3, 1 / 3])  # 400 / sqrt(400) : 100 / sqrt(100)
 
 
@@ -114,7 +114,7 @@ def test_n_beats_weighted_as_a_group_of_their_own_still_count_as_n():
     side = _side([300, 100])
     groups = side.y.clone()
     groups[:100] = 2  # a hundred of the N beats in fibrillation
-    prior = training_prior(side, groups, ["N", "S"], TrainConfig(class_weights="inverse"))
+    prior = training_prior(side.y, groups, ["N", "S"], TrainConfig(class_weights="inverse"))
     np.testing.assert_allclose(prior, [2 / 3, 1 / 3])  # three even groups, two of them N
 
 

@@ -17,7 +17,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from ecg.augment import FUSION_MIX, fusion_beats
-from ecg.config import TrainConfig
+from ecg.config import AugmentConfig, TrainConfig
 from ecg.dataset import FoldData, Side
 from ecg.errors import EcgError
 from ecg.losses import FocalLoss, make_loss
@@ -625,7 +625,7 @@ def test_a_weight_cap_holds_the_rarest_class_to_the_ceiling_and_leaves_the_rest(
     assert uncapped[3] / uncapped[0] == pytest.approx(200.0)
     side = Side(torch.zeros(len(y), 2, 1), None, y, np.arange(len(y)))
     cfg = TrainConfig(class_weights="inverse", weight_cap=50)
-    prior = training_prior(side, None, ["N", "S", "V", "F"], cfg)
+    prior = training_prior(side.y, None, ["N", "S", "V", "F"], cfg)
     np.testing.assert_allclose(prior, [1000, 1000, 1000, 250] / np.float64(3250))
 
 
@@ -660,7 +660,9 @@ def test_n_beats_in_a_weighted_rhythm_form_a_group_of_their_own(caplog):
     assert "no training N beat is in VT" in caplog.text and "AFIB, AFL, B, N" in caplog.text
     caplog.clear()
     data = FoldData(["N", "S"], [], {"train": side}, index, {}, {})
-    config = SimpleNamespace(train=dataclasses.replace(CFG, weight_rhythms=("VT",)))
+    config = SimpleNamespace(
+        train=dataclasses.replace(CFG, weight_rhythms=("VT",)), augment=AugmentConfig()
+    )
     with caplog.at_level("WARNING", logger="ecg"):
         fold_prior(config, data)  # the prior of the training just warned about: no second warning
     assert caplog.text == ""
@@ -787,3 +789,20 @@ def test_a_training_side_gains_fusion_beats_as_f_with_no_index_row():
     assert torch.equal(more.x[: len(side)], side.x)
     with pytest.raises(EcgError, match="fusion_share: mixes N and V beats into F beats, and F"):
         with_fusion_beats(side, None, patients, ["N", "S", "V"], 1.0, 0)
+
+
+def test_the_training_prior_counts_the_fusion_beats_training_makes():
+    side, patients = _fusion_side()  # N 50, V 17, F 3; patient a lends
+    index = pd.DataFrame({"patient": patients, "rhythm": ""}, index=side.rows)
+    data = FoldData(["N", "S", "V", "F"], [], {"train": side}, index, {}, {})
+    sqrt = dataclasses.replace(CFG, class_weights="sqrt_inverse")
+    plain = fold_prior(SimpleNamespace(train=sqrt, augment=AugmentConfig()), data)
+    made = fold_prior(SimpleNamespace(train=sqrt, augment=AugmentConfig(fusion_share=2.0)), data)
+    y = side.y.numpy()
+    np.testing.assert_allclose(plain, training_prior(side.y, None, data.classes, sqrt))
+    with_made = torch.from_numpy(np.concatenate([y, [3] * 6]))  # twice the 3 real F beats
+    np.testing.assert_allclose(made, training_prior(with_made, None, data.classes, sqrt))
+    assert made[3] > plain[3]
+    inverse = dataclasses.replace(CFG, class_weights="inverse")
+    even = fold_prior(SimpleNamespace(train=inverse, augment=AugmentConfig(fusion_share=2.0)), data)
+    np.testing.assert_allclose(even[[0, 2, 3]], [1 / 3] * 3)  # no S beats: N, V, F even
