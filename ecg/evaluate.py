@@ -271,8 +271,8 @@ def decision_proba(
 def record_priors(
     proba: np.ndarray, records: np.ndarray, train_prior: np.ndarray, shrinkage: float = 0.0
 ) -> tuple[np.ndarray, dict[str, list[float]]]:
-    """The test pieces' probabilities under each record's own estimated priors, and the priors.
-    Shared with ``benchmarks/refit_lever.py``, which scores the option nested in DS1."""
+    """The test pieces' probabilities under each record's own estimated priors, and the priors
+    (``decision_proba``'s first step)."""
     adapted, estimated = adapt_by_group(
         proba, np.asarray(records).astype(str), train_prior, shrinkage
     )

@@ -268,11 +268,10 @@ def _fusion_sentence(run: RunData) -> str:
     share = float(run.params.get("augment.fusion_share", 0) or 0)
     if not share:
         return ""
-    summary = run.split_summary
     real = ""
-    if summary is not None and {"split", "F"} <= set(summary.columns):
-        f = int(summary.loc[summary["split"] == "train", "F"].sum())
-        real = f" ({round(share * f):,} beside the table's {f:,} real ones)"
+    f = _training_sides(run, "F")
+    if len(f) == 1:  # with several folds each member trained on its own fold's F beats
+        real = f" ({round(share * f[0]):,} beside the table's {f[0]:,} real ones)"
     many = "as many" if share == 1 else f"{share:g} times as many"
     return (
         f"Each member's training side also held {many} synthetic fusion (F) beats as real "
@@ -297,15 +296,22 @@ def _adversary_sentence(run: RunData) -> str:
         "beside the model, guessing each N beat's training patient with its gradient reversed "
         f"into the LSTM; its loss in the last epoch: {', '.join(f'{v:.2f}' for v in last)}"
     )
-    summary = run.split_summary
-    if summary is not None and {"split", "patients"} <= set(summary.columns):
-        patients = int(summary.loc[summary["split"] == "train", "patients"].max())
-        if patients > 1:
-            sentence += (
-                f" (a head that names no patient scores about ln {patients} = "
-                f"{math.log(patients):.2f}; lower means it still finds the patient)"
-            )
+    patients = max(_training_sides(run, "patients"), default=0)
+    if patients > 1:
+        sentence += (
+            f" (a head that names no patient scores about ln {patients} = "
+            f"{math.log(patients):.2f}; lower means it still finds the patient)"
+        )
     return sentence
+
+
+def _training_sides(run: RunData, column: str) -> list[int]:
+    """``column`` of the split summary's training side, one value per fold (none where the run
+    logged no summary, or one without that column)."""
+    summary = run.split_summary
+    if summary is None or not {"split", column} <= set(summary.columns):
+        return []
+    return [int(v) for v in summary.loc[summary["split"] == "train", column]]
 
 
 def _class_table(m: dict, ci: dict, classes: list[str]) -> Table:
