@@ -859,27 +859,26 @@ def train_members(
         )
     augmentation = config.augment if config.augment.active or rr_pool is not None else None
     members, states = [], []
+    train_patients = data.index.loc[train.rows, "patient"].to_numpy()
     for member in range(mcfg.ensemble):
         if mcfg.ensemble > 1:
             log.info("train%s: ensemble member %d of %d", where, member + 1, mcfg.ensemble)
         seed_everything(cfg.seed + fold + 1000 * member)
         model = build_model(data.n_leads, len(data.classes), len(data.rr_names), single)
         member_cfg = dataclasses.replace(cfg, seed=cfg.seed + 1000 * member)
-        side, member_groups = train, groups
+        side, member_groups, patients = train, groups, train_patients
         if mcfg.ensemble_patients < 1:
-            patients = data.index.loc[train.rows, "patient"].to_numpy()
             keep = draw_patients(patients, mcfg.ensemble_patients, cfg.seed + fold + 1000 * member)
-            side = train.take(keep)
+            side, patients = train.take(keep), patients[keep]
             member_groups = None if groups is None else groups[torch.from_numpy(keep)]
             log.info(
                 "train%s: member %d trains on %d of %d patients (not %s)",
                 where,
                 member + 1,
-                len(np.unique(patients[keep])),
                 len(np.unique(patients)),
-                " ".join(sorted(set(patients) - set(patients[keep]))),
+                len(np.unique(train_patients)),
+                " ".join(sorted(set(train_patients) - set(patients))),
             )
-        patients = data.index.loc[side.rows, "patient"].to_numpy()
         if config.augment.fusion_share:
             side, member_groups, patients = with_fusion_beats(
                 side,
