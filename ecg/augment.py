@@ -213,8 +213,9 @@ def fusion_beats(
     it comes on time (the sinus impulse has to arrive for the two to meet). Each is a random N and
     V beat of one patient, both centred on their R peak, mixed ``a * N + (1 - a) * V`` with ``a``
     in ``FUSION_MIX``; a beat-minus-template channel mixes to exactly the mixed beat minus the
-    same template. Its RR features are the N beat's. Patients with ``FUSION_FLOOR`` N and V
-    beats or more share ``count`` as evenly as it divides; none: nothing is made.
+    same mix of the two beats' templates (one template when it is the record's). Its RR
+    features are the N beat's. Patients with ``FUSION_FLOOR`` N and V beats or more share
+    ``count`` as evenly as it divides; none: nothing is made.
     """
     patients = np.asarray(patients)
     labels = y.numpy()

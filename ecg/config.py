@@ -135,6 +135,11 @@ class SegmentConfig:
     """Beats: add, for each lead, the beat minus the record's median beat. Across patients what
     marks an ectopic beat is how it differs from this patient's usual beat (as the RR ratios do
     for timing); the median needs no labels."""
+    template_s: float = 0.0
+    """Beats, with ``beat_template``: 0 takes the record's median beat; otherwise each beat's
+    template is the median of the beats within +-``template_s`` / 2 of it, so that the shape's
+    drift within a recording is not taken for an ectopic beat (thirty-first round of
+    ``benchmarks/quality.md``)."""
     scale_by_template: bool = False
     """Beats: divide each lead by the peak-to-peak amplitude of the record's median beat (before
     ``beat_template`` is taken), so that every patient's typical beat spans 1 whatever its size in
@@ -149,6 +154,12 @@ class SegmentConfig:
         _check(self.pre_s >= 0 and self.post_s > 0, "post_s", "pre_s >= 0 and post_s > 0")
         _check(self.rr_local_beats >= 1, "rr_local_beats", "one or more beats")
         _check(self.rr_average_s > 0, "rr_average_s", "a positive number of seconds")
+        _check(self.template_s >= 0, "template_s", "0 (the whole record) or a positive span")
+        _check(
+            not self.template_s or self.beat_template,
+            "template_s",
+            "0 unless beat_template is true (there is no template to take locally)",
+        )
         _check(self.window_s > 0, "window_s", "a positive number of seconds")
         _check(self.stride_s > 0, "stride_s", "a positive number of seconds")
         _check(

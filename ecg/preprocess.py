@@ -142,7 +142,7 @@ def cut_beats(
     if seg.scale_by_template:
         windows = segment.scaled_by_template(windows)
     if seg.beat_template:
-        windows = segment.with_template_difference(windows)
+        windows = segment.with_template_difference(windows, r[keep] / fs, seg.template_s)
     return windows, keep, rr
 
 

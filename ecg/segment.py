@@ -58,12 +58,34 @@ def scaled_by_template(windows: np.ndarray) -> np.ndarray:
     return windows / np.where(span > 0, span, 1.0)
 
 
-def with_template_difference(windows: np.ndarray) -> np.ndarray:
-    """(beats, time, leads) -> (beats, time, 2 x leads): each lead, then the lead minus the
-    record's median beat (its typical morphology)."""
+def with_template_difference(
+    windows: np.ndarray, times_s: np.ndarray | None = None, span_s: float = 0.0
+) -> np.ndarray:
+    """(beats, time, leads) -> (beats, time, 2 x leads): each lead, then the lead minus a median
+    beat (the patient's typical morphology).
+
+    ``span_s`` 0: the record's median beat. Otherwise each beat's own template, the median of the
+    beats whose times (``times_s``, ascending, one per window) lie within +-``span_s`` / 2 of its
+    own (fewer near the record's ends): a beat's shape drifts within a recording (posture,
+    electrode contact, heart rate, intermittent conduction), and against the beats of the same few
+    minutes an N beat differs little while an ectopic beat keeps its difference (thirty-first
+    round of ``benchmarks/quality.md``).
+    """
     if len(windows) == 0:
         return np.concatenate([windows, windows], axis=2)
-    template = np.median(windows, axis=0, keepdims=True)
+    if span_s <= 0:
+        template = np.median(windows, axis=0, keepdims=True)
+        return np.concatenate([windows, windows - template], axis=2)
+    if times_s is None or len(times_s) != len(windows):
+        raise ValueError("a local template needs one time per window (times_s)")
+    times_s = np.asarray(times_s, dtype=np.float64)
+    starts = np.searchsorted(times_s, times_s - span_s / 2, side="left")
+    ends = np.searchsorted(times_s, times_s + span_s / 2, side="right")
+    # scipy's median filters take a fixed number of samples; this one takes whole beats over a
+    # fixed time, so a varying number of them: one median per beat.
+    template = np.empty_like(windows)
+    for j, (lo, hi) in enumerate(zip(starts, ends, strict=True)):
+        template[j] = np.median(windows[lo:hi], axis=0)
     return np.concatenate([windows, windows - template], axis=2)
 
 

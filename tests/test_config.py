@@ -222,6 +222,16 @@ def test_averaged_epochs_are_at_most_the_epochs(tmp_path):
             1,
             [("augment.fusion_share=-1", r"fusion_share: 0 \(none\) or a positive multiple")],
         ),
+        (
+            "segment:\n  beat_template: true\n  template_s: 300\n",
+            "segment",
+            "template_s",
+            300,
+            [
+                ("segment.template_s=-1", r"template_s: 0 \(the whole record\) or a positive"),
+                ("segment.beat_template=false", r"template_s: 0 unless beat_template is true"),
+            ],
+        ),
     ],
     ids=[
         "label_smoothing",
@@ -232,6 +242,7 @@ def test_averaged_epochs_are_at_most_the_epochs(tmp_path):
         "cap",
         "adversary",
         "fusion",
+        "local_template",
     ],
 )
 def test_a_setting_is_read_and_its_impossible_values_refused(

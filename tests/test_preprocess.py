@@ -138,3 +138,27 @@ def test_lead_alternatives_take_the_first_present_and_never_one_channel_twice():
     assert lead_indices(["MLII", "V1"], ["MLII|V1", "MLII|V1"], "x") == [0, 1]
     with pytest.raises(MissingLead, match=re.escape("no lead V2|V4 (it has MLII, V1)")):
         lead_indices(["MLII", "V1"], ["MLII", "V2|V4"], "100.hea")
+
+
+def test_cut_beats_takes_a_local_template_over_seconds_of_the_kept_beats():
+    # at 360 Hz, resampled to 128 Hz: 400 beats 0.8 s apart whose height drifts from 1 to 3, the
+    # first beat too close to the start to fit its window
+    from ecg.config import SegmentConfig
+    from ecg.preprocess import cut_beats
+    from ecg.segment import with_template_difference
+
+    fs, fs_new = 360.0, 128.0
+    r = (np.arange(400) * 0.8 * fs + 20).astype(np.int64)
+    y = np.zeros((int((r[-1] + fs) * fs_new / fs), 1), dtype=np.float32)
+    y[np.rint(r * fs_new / fs).astype(int), 0] = np.linspace(1, 3, len(r))  # one-sample beats
+    seg = SegmentConfig(beat_template=True, template_s=60.0)
+    windows, keep, _ = cut_beats(y, fs, fs_new, r, seg)
+    assert not keep[0] and keep[1:].all()
+    plain, _, _ = cut_beats(y, fs, fs_new, r, SegmentConfig())
+    expected = with_template_difference(plain, r[keep] / fs, 60.0)
+    np.testing.assert_allclose(windows, expected)
+    # +-30 s is 75 beats either side: a mid-record beat's template is its neighbours' height
+    mid = 200
+    assert abs(windows[mid - 1, :, 1]).max() < 0.02
+    whole, _, _ = cut_beats(y, fs, fs_new, r, SegmentConfig(beat_template=True))
+    assert abs(whole[0, :, 1]).max() > 0.9

@@ -44,6 +44,32 @@ def test_scaling_by_the_template_makes_a_patients_size_irrelevant():
     np.testing.assert_allclose(both[:, :, 2], small[:, :, 0] - template[None, :, 0])
 
 
+def test_a_local_template_follows_the_shapes_drift_and_keeps_an_odd_beats_difference():
+    # one beat a second for 20 minutes; the normal beat's height drifts from 1 to 2 (posture,
+    # electrode contact) and one beat, at 10 minutes, is three times as tall as its neighbours
+    t = np.linspace(-1, 1, 31)
+    shape = np.exp(-(t**2) / 0.01)  # peak 1 at t = 0
+    times = np.arange(1200.0)
+    height = 1 + times / 1200
+    height[600] *= 3
+    windows = (height[:, None] * shape[None, :])[:, :, None]
+    whole = with_template_difference(windows)
+    local = with_template_difference(windows, times, span_s=300)
+    assert local.shape == whole.shape == (1200, 31, 2)
+    np.testing.assert_array_equal(local[:, :, 0], windows[:, :, 0])  # the beat itself unchanged
+    size = np.abs(local[:, :, 1]).max(axis=1)
+    # against the whole record's median beat (height 1.5) the first and last minutes' normal
+    # beats differ by 0.5; against the beats of their own five minutes by 0.07 or less
+    assert np.abs(whole[[0, 1199], :, 1]).max(axis=1) == pytest.approx([0.5, 0.5], abs=0.01)
+    assert np.delete(size, 600).max() < 0.07
+    # the tall beat keeps its difference: twice its neighbours' height
+    assert size[600] == pytest.approx(2 * height[599], abs=0.01)
+    # a span longer than the record is the whole record's median beat
+    np.testing.assert_allclose(with_template_difference(windows, times, span_s=1e6), whole)
+    with pytest.raises(ValueError, match="one time per window"):
+        with_template_difference(windows, times[:-1], span_s=300)
+
+
 def test_sliding_windows_drop_the_short_tail():
     x = np.arange(10, dtype=np.float32)[:, None]
     windows, starts = sliding_windows(x, length=4, stride=3)
