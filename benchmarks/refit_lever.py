@@ -134,7 +134,7 @@ def main() -> None:
                 key = dataclasses.replace(config, evaluate=arms["default"].evaluate)
                 if key not in trained:
                     stamp = None if args.no_cache else engines[name].stamp_path("preprocess")
-                    trained[key] = data, _held_out(key, data, device, stamp, sides)
+                    trained[key] = data, held_out_probabilities(key, data, device, stamp, sides)
                 data, proba = trained[key]
                 y = data.sides["test"].y.numpy()
                 classes = data.classes
@@ -163,7 +163,7 @@ def main() -> None:
             print(f"{name}: {' '.join(lever)}")
 
 
-def _held_out(config, data, device, stamp: Path | None, sides) -> np.ndarray:
+def held_out_probabilities(config, data, device, stamp: Path | None, sides) -> np.ndarray:
     """``probabilities`` of one training, from the cache when that exact training ran before
     (``stamp``: the preprocess stage's stamp, whose output digest goes into the key; None: no
     cache)."""
