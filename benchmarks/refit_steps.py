@@ -35,14 +35,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ecg.config import find_pipeline, load_config, to_dict
+from ecg.config import find_pipeline, load_config
 from ecg.dataset import load_fold
 from ecg.decision import decide, macro_f1
-from ecg.model import build_model
 from ecg.pipeline import engine_for
 from ecg.preprocess import load_pieces
 from ecg.split import build_split
-from ecg.train import fit, fit_normalizer, predict_proba, seed_everything, select_device
+from ecg.train import predict_proba, select_device, train_members
 
 
 def sides_of(index: pd.DataFrame, config, seeds: list[int]) -> tuple[np.ndarray, dict]:
@@ -95,26 +94,19 @@ def append_line(path: Path | None, row: dict) -> None:
 
 
 def train_once(config, data, steps: int, device: torch.device):
-    """One model; the weights of its best validation step, or, with no validation side, of
-    its last."""
-    seed_everything(config.train.seed)
+    """One model, trained as the pipeline trains an ensemble member (``train_members``: its
+    synthetic fusion beats, augmentation and loss groups included); the weights of its best
+    validation step, or, with no validation side, of its last."""
     sides = data.sides
-    single = {**to_dict(config.model), "ensemble": 1}
-    model = build_model(data.n_leads, len(data.classes), len(data.rr_names), single)
-    normalizer = fit_normalizer(sides["train"], config.model.input_norm == "window")
-    cfg = dataclasses.replace(config.train, epochs=steps, patience=steps + 1, lr_patience=10**6)
-    state = fit(
-        model,
-        normalizer,
-        sides["train"],
-        sides["val"] if len(sides["val"]) else None,
-        data.classes,
-        cfg,
-        device,
-        progress=False,
-        fs=config.signal.fs,
-        paired=config.segment.beat_template,
+    config = dataclasses.replace(
+        config,
+        model=dataclasses.replace(config.model, ensemble=1),
+        train=dataclasses.replace(
+            config.train, epochs=steps, patience=steps + 1, lr_patience=10**6
+        ),
     )
+    val = sides["val"] if len(sides["val"]) else None
+    model, normalizer, (state,) = train_members(config, data, val, device, progress=False)
     test = sides["test"]
     score = float("nan")
     if len(test):
