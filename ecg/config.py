@@ -138,8 +138,9 @@ class SegmentConfig:
     template_s: float = 0.0
     """Beats, with ``beat_template``: 0 takes the record's median beat; otherwise each beat's
     template is the median of the beats within +-``template_s`` / 2 of it, so that the shape's
-    drift within a recording is not taken for an ectopic beat (thirty-first round of
-    ``benchmarks/quality.md``)."""
+    drift within a recording is not taken for an ectopic beat. 300 lost 0.008 macro-F1 nested in
+    DS1: fewer N beats called F, but where ectopic beats are frequent the local median moves
+    towards them (``benchmarks/quality.md``, thirty-first round)."""
     scale_by_template: bool = False
     """Beats: divide each lead by the peak-to-peak amplitude of the record's median beat (before
     ``beat_template`` is taken), so that every patient's typical beat spans 1 whatever its size in
