@@ -3,7 +3,8 @@
 Applied to training batches only, in mV before normalisation, with the fit loop's own generator so
 that a run repeats itself. When the input holds a beat-minus-template channel for each lead, both
 channels of a lead get the same perturbation, as they would from a noisy recording; template
-dropout zeroes the second channel first, so a beat passed off as typical still carries the noise.
+scaling (the typical beat's size drifting) and then template dropout act on the second channel
+first, so a beat passed off as typical still carries the noise.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ def augment(
         return torch.rand(*shape, generator=generator).to(x.device)
 
     y = x.clone()
+    if cfg.template_scale and paired:
+        # beat - s * template, the template being beat - difference
+        s = 1 + cfg.template_scale * (2 * draw(batch, 1, 1) - 1)
+        y[..., leads:] = (1 - s) * x[..., :leads] + s * x[..., leads:]
     if cfg.template_dropout and paired:
         typical = draw(batch) < cfg.template_dropout
         y[typical, :, leads:] = 0.0

@@ -352,6 +352,12 @@ class AugmentConfig:
     its record's typical beat (needs ``segment.beat_template``). Every DS1 record's typical beat
     is N, so without it "like the record's median beat" means N, which fails for a patient whose
     most common beat is not."""
+    template_scale: float = 0.0
+    """Each training beat's beat-minus-template channel taken against its record's typical beat
+    times a factor drawn from [1 - template_scale, 1 + template_scale] (needs
+    ``segment.beat_template``): a patient's typical beat drifts in size within a recording, and
+    an N beat against a drifted template is still N (``benchmarks/quality.md``, thirty-third
+    round)."""
     af_context: float = 0.0
     """Share of training N beats (drawn per batch) whose RR features are replaced by those of a
     beat in simulated atrial fibrillation: RR intervals drawn independently around their mean
@@ -387,9 +393,12 @@ class AugmentConfig:
             "af_waveform",
             "false unless af_context gives some beats a fibrillation context to match",
         )
-        for key in ("noise_mv", "baseline_mv", "scale", "shift_s", "template_dropout"):
+        for key in (
+            "noise_mv", "baseline_mv", "scale", "shift_s", "template_dropout", "template_scale"
+        ):  # fmt: skip
             _check(getattr(self, key) >= 0, key, "zero (off) or a positive amount")
         _check(self.scale < 1, "scale", "a fraction below 1")
+        _check(self.template_scale < 1, "template_scale", "a fraction below 1")
         _check(self.template_dropout < 1, "template_dropout", "a share below 1")
         if self.noise_band_hz is not None:
             _check(
@@ -401,7 +410,14 @@ class AugmentConfig:
     @property
     def active(self) -> bool:
         return any(
-            (self.noise_mv, self.baseline_mv, self.scale, self.shift_s, self.template_dropout)
+            (
+                self.noise_mv,
+                self.baseline_mv,
+                self.scale,
+                self.shift_s,
+                self.template_dropout,
+                self.template_scale,
+            )
         )
 
 
@@ -508,6 +524,11 @@ class PipelineConfig:
             not self.augment.template_dropout or self.segment.beat_template,
             "augment.template_dropout",
             "0 unless segment.beat_template is true (there is no template channel to drop)",
+        )
+        _check(
+            not self.augment.template_scale or self.segment.beat_template,
+            "augment.template_scale",
+            "0 unless segment.beat_template is true (there is no template channel to scale)",
         )
 
     @property

@@ -70,6 +70,16 @@ def test_template_dropout_needs_a_template(tmp_path):
     assert config.augment.active and config.augment.template_dropout == 0.3
 
 
+def test_template_scaling_needs_a_template(tmp_path):
+    path = write_pipeline(tmp_path, "p", GOOD + "augment:\n  template_scale: 0.2\n")
+    with pytest.raises(ConfigError, match=r"augment\.template_scale: 0 unless segment\.beat"):
+        load_config(path)
+    config = load_config(path, ["segment.beat_template=true"])
+    assert config.augment.active and config.augment.template_scale == 0.2
+    with pytest.raises(ConfigError, match=r"template_scale: a fraction below 1"):
+        load_config(path, ["segment.beat_template=true", "augment.template_scale=1"])
+
+
 def test_an_empty_lead_alternative_is_an_error(tmp_path):
     path = write_pipeline(tmp_path, "p", GOOD + 'signal:\n  leads: [MLII, "V1|"]\n')
     with pytest.raises(ConfigError, match=r"p\.yaml: signal\.leads: lead names, alternatives"):

@@ -344,6 +344,27 @@ def test_template_dropout_passes_some_beats_off_as_their_records_typical_beat():
     torch.testing.assert_close(out[~zeroed, :, 1], paired[~zeroed, :, 1])
 
 
+def test_template_scaling_takes_each_beat_against_its_typical_beat_grown_or_shrunk():
+    from ecg.augment import augment
+    from ecg.config import AugmentConfig
+
+    x = toy_side(2000, 5).x
+    template = x.median(dim=0).values
+    paired = torch.cat([x, x - template], dim=2)
+    cfg = AugmentConfig(template_scale=0.2)
+    out = augment(paired, cfg, 128.0, torch.Generator().manual_seed(0), True)
+    torch.testing.assert_close(out[..., 0], paired[..., 0])  # the beat itself untouched
+    # each beat's difference is beat - s * template, one s per beat, within [0.8, 1.2]
+    peak = template[:, 0].abs().argmax()
+    s = (out[:, peak, 0] - out[:, peak, 1]) / template[peak, 0]
+    torch.testing.assert_close(out[..., 1], x[..., 0] - s[:, None] * template[None, :, 0])
+    assert 0.8 <= s.min() < 0.82 and 1.18 < s.max() <= 1.2
+    again = augment(paired, cfg, 128.0, torch.Generator().manual_seed(0), True)
+    assert torch.equal(out, again)
+    # without a template channel there is nothing to scale
+    assert torch.equal(augment(x, cfg, 128.0, torch.Generator().manual_seed(0)), x)
+
+
 def test_band_limited_noise_keeps_only_its_band():
     from ecg.augment import band_limited
 
