@@ -356,8 +356,9 @@ class AugmentConfig:
     """Each training beat's beat-minus-template channel taken against its record's typical beat
     times a factor drawn from [1 - template_scale, 1 + template_scale] (needs
     ``segment.beat_template``): a patient's typical beat drifts in size within a recording, and
-    an N beat against a drifted template is still N (``benchmarks/quality.md``, thirty-third
-    round)."""
+    an N beat against a drifted template is still N. 0.2 was level with 0 nested in DS1
+    (+0.0008), and the N beats called F stayed: their drift is of shape, not size
+    (``benchmarks/quality.md``, thirty-third round)."""
     af_context: float = 0.0
     """Share of training N beats (drawn per batch) whose RR features are replaced by those of a
     beat in simulated atrial fibrillation: RR intervals drawn independently around their mean
