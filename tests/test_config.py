@@ -62,22 +62,15 @@ def test_a_noise_band_must_be_low_then_high(tmp_path):
     assert config.augment.noise_band_hz == (0.5, 10.0)
 
 
-def test_template_dropout_needs_a_template(tmp_path):
-    path = write_pipeline(tmp_path, "p", GOOD + "augment:\n  template_dropout: 0.3\n")
-    with pytest.raises(ConfigError, match=r"augment\.template_dropout: 0 unless segment\.beat"):
+@pytest.mark.parametrize(("key", "value"), [("template_dropout", 0.3), ("template_scale", 0.2)])
+def test_a_template_augmentation_needs_a_template(tmp_path, key, value):
+    path = write_pipeline(tmp_path, "p", GOOD + f"augment:\n  {key}: {value}\n")
+    with pytest.raises(ConfigError, match=rf"augment\.{key}: 0 unless segment\.beat"):
         load_config(path)
     config = load_config(path, ["segment.beat_template=true"])
-    assert config.augment.active and config.augment.template_dropout == 0.3
-
-
-def test_template_scaling_needs_a_template(tmp_path):
-    path = write_pipeline(tmp_path, "p", GOOD + "augment:\n  template_scale: 0.2\n")
-    with pytest.raises(ConfigError, match=r"augment\.template_scale: 0 unless segment\.beat"):
-        load_config(path)
-    config = load_config(path, ["segment.beat_template=true"])
-    assert config.augment.active and config.augment.template_scale == 0.2
-    with pytest.raises(ConfigError, match=r"template_scale: a fraction below 1"):
-        load_config(path, ["segment.beat_template=true", "augment.template_scale=1"])
+    assert config.augment.active and getattr(config.augment, key) == value
+    with pytest.raises(ConfigError, match=rf"{key}: a \w+ below 1"):
+        load_config(path, ["segment.beat_template=true", f"augment.{key}=1"])
 
 
 def test_an_empty_lead_alternative_is_an_error(tmp_path):
