@@ -68,8 +68,9 @@ def with_template_difference(
     beats whose times (``times_s``, ascending, one per window) lie within +-``span_s`` / 2 of its
     own (fewer near the record's ends): a beat's shape drifts within a recording (posture,
     electrode contact, heart rate, intermittent conduction), and against the beats of the same few
-    minutes an N beat differs little while an ectopic beat keeps its difference (thirty-first
-    round of ``benchmarks/quality.md``).
+    minutes an N beat differs little. An ectopic beat keeps its difference only where its kind
+    is rare: where ectopic beats are frequent the local median moves towards them, which is why
+    it is not the default (thirty-first round of ``benchmarks/quality.md``).
     """
     if len(windows) == 0:
         return np.concatenate([windows, windows], axis=2)
