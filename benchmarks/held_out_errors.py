@@ -1,8 +1,8 @@
 """Which beats the refit default gets wrong on DS1's held-out sides, and how far they lie from
 their record's typical beat.
 
-    python benchmarks/held_out_errors.py mitdb --refit-steps 5 7 7 5 7
-    python benchmarks/held_out_errors.py mitdb --refit-steps 5 7 7 5 7 \
+    python benchmarks/held_out_errors.py mitdb --refit-steps 3 8 7 4 7
+    python benchmarks/held_out_errors.py mitdb --refit-steps 3 8 7 4 7 \
         --set segment.template_s=300 --set data_dir=data/local
 
 The trainings are ``refit_lever.py``'s (each outer side held out in turn, the rest of DS1
