@@ -141,6 +141,10 @@ class SegmentConfig:
     drift within a recording is not taken for an ectopic beat. 300 lost 0.008 macro-F1 nested in
     DS1: fewer N beats called F, but where ectopic beats are frequent the local median moves
     towards them (``benchmarks/quality.md``, thirty-first round)."""
+    template_core: float = 1.0
+    """With ``template_s``: the fraction of the span's beats, those nearest to the record's
+    median beat, whose median is the local template; below 1, frequent ectopic beats (the far
+    ones) no longer pull it towards themselves (``benchmarks/quality.md``, thirty-fifth round)."""
     scale_by_template: bool = False
     """Beats: divide each lead by the peak-to-peak amplitude of the record's median beat (before
     ``beat_template`` is taken), so that every patient's typical beat spans 1 whatever its size in
@@ -160,6 +164,12 @@ class SegmentConfig:
             not self.template_s or self.beat_template,
             "template_s",
             "0 unless beat_template is true (there is no template to take locally)",
+        )
+        _check(0 < self.template_core <= 1, "template_core", "a fraction in (0, 1]")
+        _check(
+            self.template_core == 1 or self.template_s,
+            "template_core",
+            "1 unless template_s is set (the whole record's median beat takes every beat)",
         )
         _check(self.window_s > 0, "window_s", "a positive number of seconds")
         _check(self.stride_s > 0, "stride_s", "a positive number of seconds")

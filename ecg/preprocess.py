@@ -142,7 +142,9 @@ def cut_beats(
     if seg.scale_by_template:
         windows = segment.scaled_by_template(windows)
     if seg.beat_template:
-        windows = segment.with_template_difference(windows, r[keep] / fs, seg.template_s)
+        windows = segment.with_template_difference(
+            windows, r[keep] / fs, seg.template_s, seg.template_core
+        )
     return windows, keep, rr
 
 

@@ -7,6 +7,8 @@ either end of its record is dropped and counted, never padded.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from scipy.ndimage import median_filter
 
@@ -59,7 +61,10 @@ def scaled_by_template(windows: np.ndarray) -> np.ndarray:
 
 
 def with_template_difference(
-    windows: np.ndarray, times_s: np.ndarray | None = None, span_s: float = 0.0
+    windows: np.ndarray,
+    times_s: np.ndarray | None = None,
+    span_s: float = 0.0,
+    core: float = 1.0,
 ) -> np.ndarray:
     """(beats, time, leads) -> (beats, time, 2 x leads): each lead, then the lead minus a median
     beat (the patient's typical morphology).
@@ -71,6 +76,11 @@ def with_template_difference(
     minutes an N beat differs little. An ectopic beat keeps its difference only where its kind
     is rare: where ectopic beats are frequent the local median moves towards them, which is why
     it is not the default (thirty-first round of ``benchmarks/quality.md``).
+
+    ``core`` below 1 (with a span): only that fraction of the span's beats, those nearest (root
+    mean square) to the record's median beat, make the local median. Frequent ectopic beats are
+    the far ones and stay out of it; drifting N beats are still the nearest of their own
+    stretch (thirty-fifth round).
     """
     if len(windows) == 0:
         return np.concatenate([windows, windows], axis=2)
@@ -79,14 +89,24 @@ def with_template_difference(
         return np.concatenate([windows, windows - template], axis=2)
     if times_s is None or len(times_s) != len(windows):
         raise ValueError("a local template needs one time per window (times_s)")
+    if not 0 < core <= 1:
+        raise ValueError(f"core: a fraction in (0, 1], not {core}")
     times_s = np.asarray(times_s, dtype=np.float64)
     starts = np.searchsorted(times_s, times_s - span_s / 2, side="left")
     ends = np.searchsorted(times_s, times_s + span_s / 2, side="right")
+    distance = None
+    if core < 1:
+        record = np.median(windows, axis=0, keepdims=True)
+        distance = np.sqrt(np.mean((windows - record) ** 2, axis=(1, 2)))
     # scipy's median filters take a fixed number of samples; this one takes whole beats over a
     # fixed time, so a varying number of them: one median per beat.
     template = np.empty_like(windows)
     for j, (lo, hi) in enumerate(zip(starts, ends, strict=True)):
-        template[j] = np.median(windows[lo:hi], axis=0)
+        near = windows[lo:hi]
+        if distance is not None:
+            count = max(1, math.ceil(core * (hi - lo)))
+            near = near[np.argpartition(distance[lo:hi], count - 1)[:count]]
+        template[j] = np.median(near, axis=0)
     return np.concatenate([windows, windows - template], axis=2)
 
 

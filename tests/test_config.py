@@ -235,6 +235,17 @@ def test_averaged_epochs_are_at_most_the_epochs(tmp_path):
                 ("segment.beat_template=false", r"template_s: 0 unless beat_template is true"),
             ],
         ),
+        (
+            "segment:\n  beat_template: true\n  template_s: 300\n  template_core: 0.5\n",
+            "segment",
+            "template_core",
+            0.5,
+            [
+                ("segment.template_core=0", r"template_core: a fraction in \(0, 1\]"),
+                ("segment.template_core=1.5", r"template_core: a fraction in \(0, 1\]"),
+                ("segment.template_s=0", r"template_core: 1 unless template_s is set"),
+            ],
+        ),
     ],
     ids=[
         "label_smoothing",
@@ -246,6 +257,7 @@ def test_averaged_epochs_are_at_most_the_epochs(tmp_path):
         "adversary",
         "fusion",
         "local_template",
+        "template_core",
     ],
 )
 def test_a_setting_is_read_and_its_impossible_values_refused(

@@ -70,6 +70,35 @@ def test_a_local_template_follows_the_shapes_drift_and_keeps_an_odd_beats_differ
         with_template_difference(windows, times[:-1], span_s=300)
 
 
+def test_a_local_template_from_the_nearest_beats_keeps_out_a_run_of_ectopic_beats():
+    # one beat a second for 20 minutes of N beats whose height drifts from 1 to 1.5, with a
+    # ten-minute run (minutes 5 to 15) in which three beats of five are ectopic: wide, inverted
+    t = np.linspace(-1, 1, 31)
+    normal, ectopic = np.exp(-(t**2) / 0.01), -0.8 * np.exp(-(t**2) / 0.1)
+    times = np.arange(1200.0)
+    height = 1 + 0.5 * times / 1200
+    odd = (times >= 300) & (times < 900) & (times % 5 < 3)
+    windows = np.where(odd[:, None], ectopic[None, :], height[:, None] * normal[None, :])[..., None]
+    local = with_template_difference(windows, times, span_s=300)
+    core = with_template_difference(windows, times, span_s=300, core=0.5)
+    np.testing.assert_array_equal(core[:, :, 0], windows[:, :, 0])
+    mid = 600  # an ectopic beat in the middle of the run
+    # all beats' median: the ectopic beats are the majority there, so the template is one of them
+    # and the ectopic beat's own difference vanishes
+    assert np.abs(local[mid, :, 1]).max() < 0.01
+    # the nearer half's median is the run's N beats: the ectopic beat keeps its whole difference
+    n_here = height[mid] * normal
+    np.testing.assert_allclose(core[mid, :, 1], ectopic - n_here, atol=0.02)
+    # and the N beats keep following the drift, in the run and outside it, where the plain local
+    # median makes the run's N beats look as odd as the ectopic ones
+    assert np.abs(core[~odd, :, 1]).max() < 0.05
+    assert np.abs(local[~odd & (times >= 450) & (times < 750), :, 1]).max(axis=1).min() > 1
+    # a core of 1 is the plain local median; a fraction outside (0, 1] is refused
+    np.testing.assert_array_equal(with_template_difference(windows, times, 300, core=1.0), local)
+    with pytest.raises(ValueError, match="a fraction in"):
+        with_template_difference(windows, times, span_s=300, core=0)
+
+
 def test_sliding_windows_drop_the_short_tail():
     x = np.arange(10, dtype=np.float32)[:, None]
     windows, starts = sliding_windows(x, length=4, stride=3)
