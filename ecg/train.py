@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import random
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -266,6 +267,10 @@ class FitState:
     best_weights: dict | None = None
     """The weights fit() returns with: the best validation epoch's, or without validation
     patients the running mean of the last ``train.average_epochs`` epochs' (None: the last)."""
+    fusion_beats: int = 0
+    """Synthetic F beats this member's training side held (``augment.fusion_share``), as made,
+    not as asked for: none when no training patient had N and V beats to lend. Set by
+    ``train_members`` for the report to count."""
 
 
 def epoch_order(train: Side, cfg: TrainConfig, generator: torch.Generator) -> torch.Tensor:
@@ -795,6 +800,8 @@ def _train_fold(ctx, fold, folds, device, tracker, run_id, parent) -> str:
     kept = {"best_epoch": state.best_epoch}
     if validated:
         kept["best_val_macro_f1"] = state.best_f1
+    if config.augment.fusion_share:  # members on their own patients (ensemble_patients): the mean
+        kept["fusion_beats"] = statistics.fmean(s.fusion_beats for s in states)
     tracker.log_metrics(run_id, kept)
     packaged = PackagedClassifier(model, normalizer, data.n_leads, n_rr).eval()
     example = pack(train.x[:4], None if train.rr is None else train.rr[:4]).numpy()
@@ -879,7 +886,9 @@ def train_members(
                 len(np.unique(train_patients)),
                 " ".join(sorted(set(train_patients) - set(patients))),
             )
+        made = 0
         if config.augment.fusion_share:
+            real = len(side)
             side, member_groups, patients = with_fusion_beats(
                 side,
                 member_groups,
@@ -889,6 +898,7 @@ def train_members(
                 cfg.seed + fold + 1000 * member,
                 where,
             )
+            made = len(side) - real
         checkpoint = None
         if scratch is not None:
             checkpoint = scratch / (f"member_{member}" if member else "") / "last.pt"
@@ -914,6 +924,7 @@ def train_members(
                 patients=patients,
             )
         )
+        states[-1].fusion_beats = made
         members.append(model.cpu())
     normalizer.cpu()
     return (Ensemble(members) if len(members) > 1 else members[0]), normalizer, states

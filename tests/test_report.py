@@ -249,3 +249,13 @@ def test_synthetic_fusion_beats_are_counted_beside_the_real_ones(two_runs, tmp_p
     run.params["augment.fusion_share"] = "0.5"
     text = markdown(build(run, tmp_path))
     assert f"0.5 times as many synthetic fusion (F) beats as real ones ({round(real / 2):,}" in text
+    # the count the train stage logged wins over the share: what was made, not what was asked
+    run.logged_metrics["fusion_beats"] = 7.0
+    assert f"real ones (7 beside the table's {real:,} real ones)" in markdown(build(run, tmp_path))
+    run.logged_metrics["fusion_beats"] = 0.0
+    text = markdown(build(run, tmp_path))
+    assert real and "but none were made: no training patient had the N and V beats" in text
+    assert "also held" not in text
+    run.split_summary.loc[run.split_summary["split"] == "train", "F"] = 0
+    text = markdown(build(run, tmp_path))
+    assert "none were made: the training side holds no real F beats to match" in text

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import signal
 import socket
 from types import SimpleNamespace
@@ -490,6 +491,7 @@ def test_the_train_stage_without_validation_patients_trains_on_all_of_them(tmp_p
 
     config = _smoke_pipeline(tmp_path)
     overrides = ["--set", "split.val_fraction=0", "--set", "train.epochs=2"]
+    overrides += ["--set", "augment.fusion_share=1"]  # the report counts what was made
     assert main(["run", "--config", str(config), *overrides]) == 0
     processed = tmp_path / "data" / "processed" / "smoke"
     meta = json.loads((processed / "split" / "meta.json").read_text())["patients"]["split_0"]
@@ -500,6 +502,8 @@ def test_the_train_stage_without_validation_patients_trains_on_all_of_them(tmp_p
     report = next((tmp_path / "reports" / "smoke").glob("*/report.md")).read_text()
     assert "2 epochs run, the last kept" in report
     assert "No patients were held out for validation" in report
+    made = r"synthetic fusion \(F\) beats as real ones \([\d,]+ beside the table's"
+    assert re.search(made, report)  # the count the train stage logged
 
 
 def test_draw_patients_takes_whole_patients_by_the_seed():
@@ -810,6 +814,28 @@ def test_a_training_side_gains_fusion_beats_as_f_with_no_index_row():
     assert torch.equal(more.x[: len(side)], side.x)
     with pytest.raises(EcgError, match="fusion_share: mixes N and V beats into F beats, and F"):
         with_fusion_beats(side, None, patients, ["N", "S", "V"], 1.0, 0)
+
+
+def test_each_member_counts_the_fusion_beats_it_was_given(tmp_path):
+    from ecg.config import load_config
+    from ecg.dataset import FoldData
+    from ecg.train import train_members
+
+    side, patients = _fusion_side()  # 3 F beats; only patient a can lend
+    index = pd.DataFrame({"patient": patients}, index=side.rows)
+    data = FoldData(["N", "S", "V", "F"], ["r1", "r2", "r3"], {"train": side}, index, {}, {})
+    overrides = ["train.epochs=1", "train.classes=[]", "model.hidden=8", "model.ensemble=2"]
+    config = load_config(_smoke_pipeline(tmp_path), [*overrides, "augment.fusion_share=2"])
+    _, _, states = train_members(config, data, None, torch.device("cpu"), progress=False)
+    assert [s.fusion_beats for s in states] == [6, 6]
+    # without a patient who has the V beats to lend, nothing is made, whatever the share
+    no_v = Side(side.x, side.rr, torch.where(side.y == 2, 0, side.y), side.rows)
+    lonely = FoldData(data.classes, data.rr_names, {"train": no_v}, index, {}, {})
+    _, _, states = train_members(config, lonely, None, torch.device("cpu"), progress=False)
+    assert [s.fusion_beats for s in states] == [0, 0]
+    plain = load_config(_smoke_pipeline(tmp_path), overrides)
+    _, _, states = train_members(plain, data, None, torch.device("cpu"), progress=False)
+    assert [s.fusion_beats for s in states] == [0, 0]
 
 
 def test_the_training_prior_counts_the_fusion_beats_training_makes():

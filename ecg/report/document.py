@@ -268,10 +268,23 @@ def _fusion_sentence(run: RunData) -> str:
     share = float(run.params.get("augment.fusion_share", 0) or 0)
     if not share:
         return ""
-    real = ""
+    made = run.logged_metrics.get("fusion_beats")  # None: a run from before it was logged
     f = _training_sides(run, "F")
+    if made is not None and round(made) == 0:
+        why = (
+            "the training side holds no real F beats to match"
+            if f and not any(f)
+            else "no training patient had the N and V beats to lend"
+        )
+        return (
+            f"augment.fusion_share asked for {share:g} times as many synthetic fusion (F) beats as "
+            f"real ones, but none were made: {why}"
+        )
+    real = ""
     if len(f) == 1:  # with several folds each member trained on its own fold's F beats
-        real = f" ({round(share * f[0]):,} beside the table's {f[0]:,} real ones)"
+        count = round(share * f[0]) if made is None else round(made)
+        each = " on average" if float(run.params.get("model.ensemble_patients", 1)) < 1 else ""
+        real = f" ({count:,}{each} beside the table's {f[0]:,} real ones)"
     many = "as many" if share == 1 else f"{share:g} times as many"
     return (
         f"Each member's training side also held {many} synthetic fusion (F) beats as real "
