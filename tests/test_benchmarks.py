@@ -84,3 +84,34 @@ def test_arms_that_differ_only_in_the_evaluate_stage_share_one_training(
     monkeypatch.setattr(sys, "argv", ["refit_lever.py", *steps])
     refit_lever.main()
     assert trained == [0.003, 0.001, 0.003, 0.001, 0.003, 0.001]
+
+
+def test_carried_pieces_keep_the_training_side_and_every_row_number(tmp_path, monkeypatch, capsys):
+    """What a GPU machine is sent: the windows outside the side zeroed, the tables whole."""
+    import tarfile
+
+    import numpy as np
+
+    carry = importlib.import_module("carry_pieces")
+    path = _smoke_pipeline(tmp_path)
+    assert main(["run", "--config", str(path), "--until", "preprocess"]) == 0
+    config = load_config(path)
+    windows, rows, _ = carry.kept_rows(config, 5)
+    assert rows.any() and not rows.all()  # the smoke fixtures hold DS1 and DS2 records
+    sha = carry.pack(config, 5, tmp_path / "pieces.tar.xz")
+    assert not (tmp_path / "pieces.tar.xz.partial").exists()
+    there = tmp_path / "there"
+    with tarfile.open(tmp_path / "pieces.tar.xz") as tar:
+        tar.extractall(there, filter="data")
+    moved = load_config(path, [f"data_dir={there}"])
+    carried, carried_rows, folder = carry.kept_rows(moved, 5)
+    np.testing.assert_array_equal(carried_rows, rows)
+    np.testing.assert_array_equal(carried[rows], windows[rows])
+    assert not carried[~rows].any()
+    assert carry.digest(carried, carried_rows) == sha
+    args = ["carry_pieces.py", str(path), "--set", f"data_dir={there}", "--check"]
+    monkeypatch.setattr(sys, "argv", [*args, sha])
+    assert carry.main() == 0
+    monkeypatch.setattr(sys, "argv", [*args, "0" * 64])
+    assert carry.main() == 1
+    assert "not 000" in capsys.readouterr().err
