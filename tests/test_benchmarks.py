@@ -6,6 +6,7 @@ import importlib
 import sys
 from pathlib import Path
 
+import pytest
 from test_train import _smoke_pipeline
 
 from ecg.cli import main
@@ -115,3 +116,46 @@ def test_carried_pieces_keep_the_training_side_and_every_row_number(tmp_path, mo
     monkeypatch.setattr(sys, "argv", [*args, "0" * 64])
     assert carry.main() == 1
     assert "not 000" in capsys.readouterr().err
+
+
+def test_a_round_over_several_seeds_trains_each_arm_per_seed_and_scores_their_mean(
+    tmp_path, monkeypatch, capsys
+):
+    """One draw of a recipe moves the mean by more than the rounds' margin; several are averaged."""
+    import json
+
+    import numpy as np
+
+    path = _smoke_pipeline(tmp_path)
+    assert main(["run", "--config", str(path), "--until", "preprocess"]) == 0
+    trained = []
+
+    def probabilities(config, data, validated, device):
+        trained.append((config.train.lr, config.train.seed))
+        rng = np.random.default_rng(len(trained))
+        return rng.dirichlet(np.ones(len(data.classes)), size=len(data.sides["test"]))
+
+    monkeypatch.setattr(refit_lever, "probabilities", probabilities)
+    out = tmp_path / "rows.jsonl"
+    argv = [str(path), "--outer", "0", "--folds", "2", "--refit-steps", "1", "--no-cache"]
+    argv += ["--lever", "train.lr=0.001", "--seeds", "0", "5", "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", ["refit_lever.py", *argv])
+    refit_lever.main()
+    assert trained == [(0.003, 0), (0.003, 5), (0.001, 0), (0.001, 5)]
+    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+    for name in ("default", "lever"):
+        by_seed = row[f"{name} by seed"]  # to four places
+        assert len(by_seed) == 2 and row[name] == pytest.approx(np.mean(by_seed), abs=1e-4)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2].startswith("  by seed (0 5): default ") and "; lever " in lines[2]
+
+    def pooled_beats(lines):
+        pooled = next(line for line in lines if line.startswith("pooled over the held-out"))
+        return int(pooled.split("(")[1].split(" beats")[0].replace(",", ""))
+
+    # the pooled interval pairs each seed's decisions on the same beats: twice one seed's
+    monkeypatch.setattr(sys, "argv", ["refit_lever.py", *argv[:-5], "--seeds", "0"])
+    refit_lever.main()
+    one = capsys.readouterr().out.splitlines()
+    assert not any("by seed" in line for line in one)
+    assert pooled_beats(lines) == 2 * pooled_beats(one)
