@@ -145,8 +145,8 @@ class SegmentConfig:
     """With ``template_s``: the fraction of the span's beats, those nearest to the record's
     median beat, whose median is the local template; below 1, frequent ectopic beats (the far
     ones) no longer pull it towards themselves. 0.5 with ``template_s`` 300 gained 0.0087
-    macro-F1 nested in DS1, short of the 0.01 margin (``benchmarks/quality.md``, thirty-fifth
-    round)."""
+    macro-F1 nested in DS1 on one draw, and -0.0006 as the mean of three training seeds, so it
+    stays off (``benchmarks/quality.md``, thirty-fifth and thirty-ninth rounds)."""
     scale_by_template: bool = False
     """Beats: divide each lead by the peak-to-peak amplitude of the record's median beat (before
     ``beat_template`` is taken), so that every patient's typical beat spans 1 whatever its size in
