@@ -159,3 +159,14 @@ def test_a_round_over_several_seeds_trains_each_arm_per_seed_and_scores_their_me
     one = capsys.readouterr().out.splitlines()
     assert not any("by seed" in line for line in one)
     assert pooled_beats(lines) == 2 * pooled_beats(one)
+
+
+def test_each_split_left_out_shows_a_gain_that_one_side_makes():
+    rows = [
+        {"outer": 0, "default": 0.5, "lever": 0.5},
+        {"outer": 1, "default": 0.6, "lever": 0.6},
+        {"outer": 4, "default": 0.7, "lever": 0.4},
+    ]
+    (line,) = refit_lever._each_split_left_out(rows, ["lever"])
+    assert line == "  lever - default, each split left out: 0 -0.1500, 1 -0.1500, 4 +0.0000"
+    assert refit_lever._each_split_left_out(rows[:1], ["lever"]) == []
