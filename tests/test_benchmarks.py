@@ -162,6 +162,7 @@ def test_a_round_over_several_seeds_trains_each_arm_per_seed_and_scores_their_me
 
 
 def test_each_split_left_out_shows_a_gain_that_one_side_makes():
+    """A loss made on one side alone must show as no loss once that side is left out."""
     rows = [
         {"outer": 0, "default": 0.5, "lever": 0.5},
         {"outer": 1, "default": 0.6, "lever": 0.6},
