@@ -268,7 +268,10 @@ class Engine:
         """Run a stage's function without the lock, its outputs or its stamp: for the extra
         processes of a distributed training, which compute alongside rank 0 but keep nothing."""
         stage = self.stage(name)
-        scratch = self._scratch(stage, self._current(stage))
+        # Rank 0's scratch folder, which rank 0 alone resets and writes (its checkpoints): a
+        # detached rank that reset it too raced rank 0 for the same folder (FileExistsError).
+        scratch = self.work_dir / ".scratch" / stage.name
+        scratch.mkdir(parents=True, exist_ok=True)
         tmp = self.work_dir / f".{stage.name}.detached-{os.getpid()}"
         tmp.mkdir(parents=True, exist_ok=True)
         ctx = StageContext(
@@ -328,7 +331,7 @@ class Engine:
         marker = folder / "fingerprint"
         if not marker.is_file() or marker.read_text() != key:
             shutil.rmtree(folder, ignore_errors=True)
-            folder.mkdir(parents=True)
+            folder.mkdir(parents=True, exist_ok=True)  # a detached rank may have made it since
             marker.write_text(key)
         return folder
 
