@@ -270,7 +270,7 @@ class Engine:
         stage = self.stage(name)
         # Rank 0's scratch folder, which rank 0 alone resets and writes (its checkpoints): a
         # detached rank that reset it too raced rank 0 for the same folder (FileExistsError).
-        scratch = self.work_dir / ".scratch" / stage.name
+        scratch = self._scratch_dir(stage)
         scratch.mkdir(parents=True, exist_ok=True)
         tmp = self.work_dir / f".{stage.name}.detached-{os.getpid()}"
         tmp.mkdir(parents=True, exist_ok=True)
@@ -325,8 +325,11 @@ class Engine:
         self._digests.save()
         shutil.rmtree(ctx.scratch, ignore_errors=True)
 
+    def _scratch_dir(self, stage: Stage) -> Path:
+        return self.work_dir / ".scratch" / stage.name
+
     def _scratch(self, stage: Stage, fingerprint: dict[str, Any]) -> Path:
-        folder = self.work_dir / ".scratch" / stage.name
+        folder = self._scratch_dir(stage)
         key = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()
         marker = folder / "fingerprint"
         if not marker.is_file() or marker.read_text() != key:
