@@ -41,9 +41,11 @@ The default arm, the same in every round, is then trained once per code version 
 round, which halves a training lever's round on two CPU cores; any change to the code or the data
 makes a new key. ``--no-cache`` trains everything again.
 
-An arm may change the pieces themselves (``segment.*``, ``signal.*``) as long as it keeps the same
-beats in the same order, so that the splits are the same patients' same beats. Its pieces live
-in a data directory of its own, preprocessed first:
+An arm may change the pieces themselves (``segment.*``, ``signal.*``): its pieces live in a data
+directory of its own, preprocessed first, and every arm is scored on the beats that all of them
+keep, matched by record and sample, so that the splits are the same patients' same beats. Most
+such arms keep every beat; a longer window (``segment.post_s=0.6``) drops a few more at the
+records' ends, and the round then says on how many beats it was run:
 
     ecg run mitdb --source ../shared/data/mitdb --until preprocess \
         --set segment.scale_by_template=true --set data_dir=data/scaled
@@ -127,13 +129,23 @@ def main() -> None:
     device, _, index, ds1, val = nested_setup(arms["default"], args.device, args.folds)
     engines = {name: engine_for(config) for name, config in arms.items()}
     preprocess = {name: engine.out_dir("preprocess") for name, engine in engines.items()}
+    rows_of = {name: np.arange(len(index)) for name in arms}  # each arm's row of a default beat
+    sizes = dict.fromkeys(arms, len(index))
     for name in names:
         if engines[name].params("preprocess") == engines["default"].params("preprocess"):
             preprocess[name] = preprocess["default"]
             continue
-        problem = _other_pieces(engines[name], preprocess["default"], index)
-        if problem:
+        try:
+            rows_of[name], sizes[name] = _arm_rows(engines[name], preprocess["default"], index)
+        except ValueError as problem:
             parser.error(f"{name} changes the pieces (segment or signal settings): {problem}")
+    shared = np.all([rows >= 0 for rows in rows_of.values()], axis=0)
+    if not shared.all():
+        print(
+            f"(every arm scored on the {shared.sum():,} of the default's {len(index):,} beats "
+            "that all arms keep)",
+            flush=True,
+        )
     rows = []
     pooled: dict[str, list] = {"y": [], "patient": [], **{name: [] for name in arms}}
     with tempfile.TemporaryDirectory() as scratch:
@@ -147,10 +159,11 @@ def main() -> None:
             }
             trained: dict = {}  # training settings -> (data, probabilities), for arms that
             # differ only in how the evaluate stage decides (evaluate.*): one training serves all
-            sides = (ds1 & ~val[k], val[k])  # training rows, held-out rows
+            default_sides = (ds1 & ~val[k] & shared, val[k] & shared)  # training, held-out rows
             for name, config in arms.items():
                 folder = Path(scratch) / f"{k}_{name.replace(' ', '_')}"
                 count = steps if name == "default" else own
+                sides = tuple(_in_rows(side, rows_of[name], sizes[name]) for side in default_sides)
                 config, data = refit_data(config, count, preprocess[name], folder, *sides)
                 drawn = []  # one (macro-F1, F1 by class) per seed
                 for seed in seeds:
@@ -275,20 +288,49 @@ def _pooled_difference(pooled: dict[str, np.ndarray], names: list[str], classes)
         print(f"  {name} - default {point:+.4f} [{low:+.4f}, {high:+.4f}] (95 % CI by patient)")
 
 
-def _other_pieces(engine, default: Path, index) -> str:
-    """Why an arm that changes the pieces cannot be compared with the default ('' if it can):
-    it needs pieces of its own, made by its own settings, of the default's beats in order."""
+def _arm_rows(engine, default: Path, index) -> tuple[np.ndarray, int]:
+    """Each of the default's beats' row in the pieces of an arm that changes them (-1 where the
+    arm has no such beat), and the arm's number of pieces. Raises ValueError saying why the arm
+    cannot be compared: it needs pieces of its own, made by its own settings, whose beats in
+    common with the default's carry the same labels in the same order."""
     own = engine.out_dir("preprocess")
     if own == default:
-        return "give it a data directory of its own (data_dir=...) and preprocess it there"
+        raise ValueError(
+            "give it a data directory of its own (data_dir=...) and preprocess it there"
+        )
     (status,) = [s for s in engine.status() if s.name == "preprocess"]
     if not status.fresh:
-        return f"its pieces in {own} are not up to date ({'; '.join(status.reasons)})"
+        raise ValueError(f"its pieces in {own} are not up to date ({'; '.join(status.reasons)})")
     _, theirs, _ = load_pieces(own)
-    keys = ["record", "sample", "label"]
-    if len(theirs) != len(index) or not theirs[keys].equals(index[keys]):
-        return f"its {len(theirs):,} pieces are not the default's {len(index):,} beats in order"
-    return ""
+    keys = ["record", "sample"]
+    matched = index[[*keys, "label"]].merge(
+        theirs[[*keys, "label"]].assign(row=np.arange(len(theirs))),
+        on=keys,
+        how="left",
+        suffixes=("", "_theirs"),
+    )
+    if len(matched) != len(index) or theirs.duplicated(keys).any():
+        raise ValueError(f"two of its pieces in {own} share a record and sample")
+    found = matched["row"].notna().to_numpy()
+    rows = matched["row"].fillna(-1).astype(np.int64).to_numpy()
+    if not found.any():
+        raise ValueError(f"none of its {len(theirs):,} pieces is one of the default's beats")
+    if (matched.loc[found, "label"] != matched.loc[found, "label_theirs"]).any():
+        raise ValueError("beats it shares with the default carry other labels")
+    if (np.diff(rows[found]) <= 0).any():
+        raise ValueError("the beats it shares with the default are in another order")
+    return rows, len(theirs)
+
+
+def _in_rows(mask: np.ndarray, rows: np.ndarray, size: int) -> np.ndarray:
+    """A mask over the default's beats as a mask over an arm's pieces (``rows`` from
+    ``_arm_rows``); the beats the mask holds must all be the arm's."""
+    kept = rows[mask]
+    if (kept < 0).any():
+        raise ValueError(f"{(kept < 0).sum():,} of the beats asked for are not the arm's")
+    out = np.zeros(size, dtype=bool)
+    out[kept] = True
+    return out
 
 
 if __name__ == "__main__":

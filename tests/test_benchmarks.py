@@ -21,6 +21,8 @@ refit_lever = importlib.import_module("refit_lever")
 def test_an_arm_that_changes_the_pieces_needs_its_own_fresh_pieces_of_the_same_beats(tmp_path):
     """The guard once compared the preprocess folder, which a segment setting does not change,
     so such an arm would have trained on the default's pieces without a word."""
+    import numpy as np
+
     path = _smoke_pipeline(tmp_path)
     scaled = ["segment.scale_by_template=true"]
     own = [*scaled, f"data_dir={tmp_path / 'scaled'}"]
@@ -31,15 +33,70 @@ def test_an_arm_that_changes_the_pieces_needs_its_own_fresh_pieces_of_the_same_b
     _, index, _ = load_pieces(default.out_dir("preprocess"))
     folder = default.out_dir("preprocess")
 
-    def problem(overrides):
-        return refit_lever._other_pieces(engine_for(load_config(path, overrides)), folder, index)
+    def rows(overrides, of=index):
+        return refit_lever._arm_rows(engine_for(load_config(path, overrides)), folder, of)
 
-    assert problem(own) == ""
-    assert "data directory of its own" in problem(scaled)
-    assert "not up to date" in problem([*own, "segment.pre_s=0.3"])
-    assert "not the default's" in refit_lever._other_pieces(
-        engine_for(load_config(path, own)), folder, index.iloc[:-1]
-    )
+    same, size = rows(own)
+    np.testing.assert_array_equal(same, np.arange(len(index)))
+    assert size == len(index)
+    with pytest.raises(ValueError, match="data directory of its own"):
+        rows(scaled)
+    with pytest.raises(ValueError, match="not up to date"):
+        rows([*own, "segment.pre_s=0.3"])
+    # a beat the arm lacks is -1; one only the arm has is left out of the map
+    lacking = index.iloc[1:].copy()
+    lacking.loc[lacking.index[0], "sample"] = -5
+    mapped, size = rows(own, lacking)
+    assert mapped[0] == -1 and size == len(index)
+    np.testing.assert_array_equal(mapped[1:], np.arange(2, len(index)))
+    relabelled = index.copy()
+    relabelled.loc[relabelled.index[3], "label"] = "Q" if index["label"].iloc[3] != "Q" else "N"
+    with pytest.raises(ValueError, match="other labels"):
+        rows(own, relabelled)
+    with pytest.raises(ValueError, match="another order"):
+        rows(own, index.iloc[::-1])
+
+
+def test_an_arm_that_keeps_fewer_beats_is_scored_with_every_arm_on_the_beats_all_keep(
+    tmp_path, monkeypatch, capsys
+):
+    """A longer window drops the beats whose window runs past a record's end, so its pieces are
+    not the default's; both arms must train and be scored on the beats both have."""
+    import numpy as np
+
+    path = _smoke_pipeline(tmp_path)
+    longer = ["segment.post_s=3.0", f"data_dir={tmp_path / 'longer'}"]
+    for overrides in ([], longer):
+        sets = [arg for o in overrides for arg in ("--set", o)]
+        assert main(["run", "--config", str(path), "--until", "preprocess", *sets]) == 0
+    default = engine_for(load_config(path))
+    _, index, _ = load_pieces(default.out_dir("preprocess"))
+    _, theirs, _ = load_pieces(engine_for(load_config(path, longer)).out_dir("preprocess"))
+    assert 0 < len(theirs) < len(index)  # the arm lacks a few of the default's beats
+    keys = ["record", "sample"]
+    kept = index[keys].merge(theirs[keys], how="left", indicator=True)["_merge"] == "both"
+    scored = []
+
+    def probabilities(config, data, validated, device):
+        test = data.index.loc[data.sides["test"].rows, keys].to_numpy().tolist()
+        scored.append(test)
+        train = data.index.loc[data.sides["train"].rows, keys].to_numpy().tolist()
+        scored.append(train)
+        rng = np.random.default_rng(len(scored))
+        return rng.dirichlet(np.ones(len(data.classes)), size=len(data.sides["test"]))
+
+    monkeypatch.setattr(refit_lever, "probabilities", probabilities)
+    argv = [str(path), "--outer", "0", "--folds", "2", "--refit-steps", "1", "--no-cache"]
+    monkeypatch.setattr(sys, "argv", ["refit_lever.py", *argv, "--lever", *longer])
+    refit_lever.main()
+    default_test, default_train, lever_test, lever_train = scored
+    assert default_test == lever_test and default_train == lever_train  # the same beats, in order
+    shared = {tuple(beat) for beat in index.loc[kept.to_numpy(), keys].to_numpy().tolist()}
+    assert {tuple(beat) for beat in default_test + default_train} <= shared
+    assert len(shared) < len(index)
+    out = capsys.readouterr().out
+    assert f"(every arm scored on the {kept.sum():,} of the default's {len(index):,} beats" in out
+    assert "pooled over the held-out sides" in out
 
 
 def test_arms_that_differ_only_in_the_evaluate_stage_share_one_training(
