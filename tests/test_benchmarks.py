@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 refit_lever = importlib.import_module("refit_lever")
 
 
-def test_an_arm_that_changes_the_pieces_needs_its_own_fresh_pieces_of_the_same_beats(tmp_path):
+def test_an_arm_that_changes_the_pieces_needs_its_own_fresh_pieces_matched_to_the_default(tmp_path):
     """The guard once compared the preprocess folder, which a segment setting does not change,
     so such an arm would have trained on the default's pieces without a word."""
     import numpy as np
