@@ -41,6 +41,12 @@ The default arm, the same in every round, is then trained once per code version 
 round, which halves a training lever's round on two CPU cores; any change to the code or the data
 makes a new key. ``--no-cache`` trains everything again.
 
+Each round is also one MLflow run in the experiment ``<pipeline's experiment>-levers`` of the
+pipeline's own store (``round_log.py``): each arm's overrides as params, each outer split's scores
+as metrics as soon as the split is done, the summary, and every printed line as ``round.txt``; a
+round stopped by an error or Ctrl-C is marked FAILED or KILLED with what it had. ``--no-mlflow``
+prints only.
+
 An arm may change the pieces themselves (``segment.*``, ``signal.*``): its pieces live in a data
 directory of its own, preprocessed first, and every arm is scored on the beats that all of them
 keep, matched by record and sample, so that the splits are the same patients' same beats. Most
@@ -66,9 +72,11 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from refit_ensemble import decisions, probabilities, refit_data
 from refit_steps import append_line, nested_setup
+from round_log import RoundLog, metric_name
 
 import ecg
 from ecg.atomic import atomic_path
@@ -108,7 +116,53 @@ def main() -> None:
     parser.add_argument(
         "--no-cache", action="store_true", help="train every arm again, even if cached"
     )
+    parser.add_argument(
+        "--no-mlflow",
+        action="store_true",
+        help="print only; by default the round is also one MLflow run in the pipeline's store "
+        "(experiment <pipeline's experiment>-levers)",
+    )
     args = parser.parse_args()
+    arms = _arms(parser, args)
+    params = {
+        "pipeline": args.pipeline,
+        "outer": args.outer,
+        "folds": args.folds,
+        "refit_steps": args.refit_steps,
+        "lever_steps": arms.lever_steps,
+        "seeds": arms.seeds,
+        "device": str(arms.device),
+        "beats": int(arms.shared.sum()),
+    }
+    for name, lever in zip(arms.names, args.levers, strict=True):
+        params[f"arm.{metric_name(name)}"] = " ".join(lever)
+    title = " | ".join(" ".join(lever) for lever in args.levers)[:200]
+    tags = {"kind": "nested lever round", "ds2": "not read"}
+    default = arms.configs["default"]
+    with RoundLog.for_pipeline(default, title, params, tags, enabled=not args.no_mlflow) as log:
+        _round(args, arms, log)
+
+
+@dataclasses.dataclass(frozen=True)
+class Arms:
+    """A round's arms and what they are trained and scored on, checked before any training."""
+
+    configs: dict  # arm name -> its configuration; "default" first
+    names: list[str]  # the lever arms' names
+    seeds: list[int]
+    lever_steps: list[int]
+    device: torch.device
+    index: pd.DataFrame  # the default's beats
+    ds1: np.ndarray
+    val: dict  # outer split -> its held-out side, a mask over the default's beats
+    engines: dict
+    preprocess: dict  # arm name -> its pieces' folder
+    rows_of: dict  # arm name -> each default beat's row in its pieces (-1: not there)
+    sizes: dict  # arm name -> its number of pieces
+    shared: np.ndarray  # the default's beats that every arm keeps
+
+
+def _arms(parser: argparse.ArgumentParser, args) -> Arms:
     lever_steps = args.lever_steps or args.refit_steps
     for name, counts in (("--refit-steps", args.refit_steps), ("--lever-steps", lever_steps)):
         if len(counts) != len(args.outer):
@@ -140,31 +194,61 @@ def main() -> None:
         except ValueError as problem:
             parser.error(f"{name} changes the pieces (segment or signal settings): {problem}")
     shared = np.all([rows >= 0 for rows in rows_of.values()], axis=0)
+    return Arms(
+        configs=arms,
+        names=names,
+        seeds=seeds,
+        lever_steps=lever_steps,
+        device=device,
+        index=index,
+        ds1=ds1,
+        val=val,
+        engines=engines,
+        preprocess=preprocess,
+        rows_of=rows_of,
+        sizes=sizes,
+        shared=shared,
+    )
+
+
+def _round(args, setup: Arms, log: RoundLog) -> None:
+    """Trains and scores every arm on each outer split in turn, then the summary lines."""
+    arms, names, seeds, shared, index = (
+        setup.configs,
+        setup.names,
+        setup.seeds,
+        setup.shared,
+        setup.index,
+    )
     if not shared.all():
-        print(
+        log.say(
             f"(every arm scored on the {shared.sum():,} of the default's {len(index):,} beats "
-            "that all arms keep)",
-            flush=True,
+            "that all arms keep)"
         )
     rows = []
     pooled: dict[str, list] = {"y": [], "patient": [], **{name: [] for name in arms}}
     with tempfile.TemporaryDirectory() as scratch:
-        for k, steps, own in zip(args.outer, args.refit_steps, lever_steps, strict=True):
+        for k, steps, own in zip(args.outer, args.refit_steps, setup.lever_steps, strict=True):
             row = {
                 "outer": k,
                 "steps": steps,
                 "lever_steps": own,
                 "overrides": args.levers[0] if len(names) == 1 else args.levers,
-                "device": str(device),
+                "device": str(setup.device),
             }
             trained: dict = {}  # training settings -> (data, probabilities), for arms that
             # differ only in how the evaluate stage decides (evaluate.*): one training serves all
-            default_sides = (ds1 & ~val[k] & shared, val[k] & shared)  # training, held-out rows
+            default_sides = (
+                setup.ds1 & ~setup.val[k] & shared,
+                setup.val[k] & shared,
+            )  # training, held-out rows
             for name, config in arms.items():
                 folder = Path(scratch) / f"{k}_{name.replace(' ', '_')}"
                 count = steps if name == "default" else own
-                sides = tuple(_in_rows(side, rows_of[name], sizes[name]) for side in default_sides)
-                config, data = refit_data(config, count, preprocess[name], folder, *sides)
+                sides = tuple(
+                    _in_rows(side, setup.rows_of[name], setup.sizes[name]) for side in default_sides
+                )
+                config, data = refit_data(config, count, setup.preprocess[name], folder, *sides)
                 drawn = []  # one (macro-F1, F1 by class) per seed
                 for seed in seeds:
                     seeded = dataclasses.replace(
@@ -172,8 +256,10 @@ def main() -> None:
                     )
                     key = dataclasses.replace(seeded, evaluate=arms["default"].evaluate)
                     if key not in trained:
-                        stamp = None if args.no_cache else engines[name].stamp_path("preprocess")
-                        probas = held_out_probabilities(key, data, device, stamp, sides)
+                        stamp = (
+                            None if args.no_cache else setup.engines[name].stamp_path("preprocess")
+                        )
+                        probas = held_out_probabilities(key, data, setup.device, stamp, sides)
                         trained[key] = data, probas
                     data, proba = trained[key]
                     y = data.sides["test"].y.numpy()
@@ -192,28 +278,52 @@ def main() -> None:
             pooled["patient"] += [held] * len(seeds)
             rows.append(row)
             scores = ", ".join(f"{name} {row[name]:.4f}" for name in arms)
-            print(f"outer {k} ({steps} / {own} steps): {scores}", flush=True)
+            log.say(f"outer {k} ({steps} / {own} steps): {scores}")
             by_class = "; ".join(
                 f"{name} " + " ".join(f"{v:.3f}" for v in row[f"{name} F1"].values())
                 for name in arms
             )
-            print(f"  F1 by class ({' '.join(classes)}): {by_class}", flush=True)
+            log.say(f"  F1 by class ({' '.join(classes)}): {by_class}")
             if len(seeds) > 1:
                 each = "; ".join(
                     f"{name} " + " ".join(f"{v:.4f}" for v in row[f"{name} by seed"])
                     for name in arms
                 )
-                print(f"  by seed ({' '.join(map(str, seeds))}): {each}", flush=True)
+                log.say(f"  by seed ({' '.join(map(str, seeds))}): {each}")
+            log.metrics(_split_metrics(row, arms, seeds), step=k)
             append_line(args.out, row)
     means = {name: statistics.mean(r[name] for r in rows) for name in arms}
     gains = ", ".join(f"{name} - default {means[name] - means['default']:+.4f}" for name in names)
-    print(f"mean: {', '.join(f'{name} {means[name]:.4f}' for name in arms)} ({gains})")
+    log.say(f"mean: {', '.join(f'{name} {means[name]:.4f}' for name in arms)} ({gains})")
+    log.metrics({f"{metric_name(name)}.mean_macro_f1": means[name] for name in arms})
+    log.metrics({f"{metric_name(name)}.gain": means[name] - means["default"] for name in names})
     for line in _each_split_left_out(rows, names):
-        print(line)
-    _pooled_difference({k: np.concatenate(v) for k, v in pooled.items()}, names, classes)
+        log.say(line)
+    for name, gains_left_out in _left_out_gains(rows, names).items():
+        for r, gain in zip(rows, gains_left_out, strict=True):  # the step: the split left out
+            log.metrics({f"{metric_name(name)}.gain_left_out": gain}, step=r["outer"])
+    lines, values = _pooled_difference(
+        {k: np.concatenate(v) for k, v in pooled.items()}, names, classes
+    )
+    for line in lines:
+        log.say(line)
+    log.metrics(values)
     if len(names) > 1:
         for name, lever in zip(names, args.levers, strict=True):
-            print(f"{name}: {' '.join(lever)}")
+            log.say(f"{name}: {' '.join(lever)}")
+
+
+def _split_metrics(row: dict, arms, seeds) -> dict[str, float]:
+    """One outer split's scores as MLflow metrics: each arm's macro-F1, F1 by class and, over
+    several seeds, each seed's macro-F1."""
+    values = {}
+    for name in arms:
+        arm = metric_name(name)
+        values[f"{arm}.macro_f1"] = row[name]
+        values.update({f"{arm}.{c}_f1": f for c, f in row[f"{name} F1"].items()})
+        for seed, score in zip(seeds, row.get(f"{name} by seed", []), strict=False):
+            values[f"{arm}.seed_{seed}.macro_f1"] = score
+    return values
 
 
 def held_out_probabilities(config, data, device, stamp: Path | None, sides) -> np.ndarray:
@@ -258,34 +368,57 @@ def _each_split_left_out(rows: list[dict], names: list[str]) -> list[str]:
     Most rounds were decided by one side, the one that holds record 208 out (DS1's only patient
     with many F beats): a gain that vanishes or flips without one split shows it in the round's
     own printout, not in a reading made after the fact."""
-    if len(rows) < 2:
-        return []
     lines = []
-    for name in names:
-        gains = [
-            statistics.mean(r[name] - r["default"] for r in rows if r is not left) for left in rows
-        ]
+    for name, gains in _left_out_gains(rows, names).items():
         each = ", ".join(f"{r['outer']} {g:+.4f}" for r, g in zip(rows, gains, strict=True))
         lines.append(f"  {name} - default, each split left out: {each}")
     return lines
 
 
-def _pooled_difference(pooled: dict[str, np.ndarray], names: list[str], classes) -> None:
+def _left_out_gains(rows: list[dict], names: list[str]) -> dict[str, list[float]]:
+    """Each arm's gain on the mean over the splits with each split left out in turn, in the
+    order of ``rows``; nothing with one split."""
+    if len(rows) < 2:
+        return {}
+    return {
+        name: [
+            statistics.mean(r[name] - r["default"] for r in rows if r is not left) for left in rows
+        ]
+        for name in names
+    }
+
+
+def _pooled_difference(
+    pooled: dict[str, np.ndarray], names: list[str], classes
+) -> tuple[list[str], dict[str, float]]:
     """Every held-out beat once (the outer sides are disjoint), each arm's decisions pooled: the
     difference in macro-F1 with a 95 % interval from resampling patients. The rule decides on the
-    mean over the splits; this says how much of a difference the patients themselves make."""
+    mean over the splits; this says how much of a difference the patients themselves make.
+    Returns the lines to print and the same numbers as metrics."""
     y, patients = pooled["y"], pooled["patient"]
     scores = {
         name: from_confusion(confusion(y, pooled[name], len(classes)), classes)["macro_f1"]
         for name in ["default", *names]
     }
-    print(
+    lines = [
         f"pooled over the held-out sides ({len(y):,} beats, {len(np.unique(patients))} patients): "
         + ", ".join(f"{name} {score:.4f}" for name, score in scores.items())
-    )
+    ]
+    values = {f"pooled.{metric_name(name)}.macro_f1": score for name, score in scores.items()}
     for name in names:
         point, low, high = paired_difference(y, pooled["default"], pooled[name], patients, classes)
-        print(f"  {name} - default {point:+.4f} [{low:+.4f}, {high:+.4f}] (95 % CI by patient)")
+        lines.append(
+            f"  {name} - default {point:+.4f} [{low:+.4f}, {high:+.4f}] (95 % CI by patient)"
+        )
+        arm = metric_name(name)
+        values.update(
+            {
+                f"{arm}.pooled_gain": point,
+                f"{arm}.pooled_gain_low": low,
+                f"{arm}.pooled_gain_high": high,
+            }
+        )
+    return lines, values
 
 
 def _arm_rows(engine, default: Path, index) -> tuple[np.ndarray, int]:

@@ -11,6 +11,7 @@ from test_train import _smoke_pipeline
 
 from ecg.cli import main
 from ecg.config import load_config
+from ecg.errors import ConfigError
 from ecg.pipeline import engine_for
 from ecg.preprocess import load_pieces
 
@@ -228,3 +229,92 @@ def test_each_split_left_out_shows_a_gain_that_one_side_makes():
     (line,) = refit_lever._each_split_left_out(rows, ["lever"])
     assert line == "  lever - default, each split left out: 0 -0.1500, 1 -0.1500, 4 +0.0000"
     assert refit_lever._each_split_left_out(rows[:1], ["lever"]) == []
+
+
+def _stand_in(monkeypatch, fail_on_call: int | None = None):
+    """Random held-out probabilities instead of trainings; the ``fail_on_call``-th call raises."""
+    import numpy as np
+
+    calls = []
+
+    def probabilities(config, data, validated, device):
+        calls.append(config.train.lr)
+        if len(calls) == fail_on_call:
+            raise RuntimeError("out of memory (a stand-in)")
+        rng = np.random.default_rng(len(calls))
+        return rng.dirichlet(np.ones(len(data.classes)), size=len(data.sides["test"]))
+
+    monkeypatch.setattr(refit_lever, "probabilities", probabilities)
+    return calls
+
+
+def _lever_runs(path):
+    from ecg.tracking import Tracker
+
+    config = load_config(path)
+    tracker = Tracker(config.tracking_uri, config.experiment + "-levers")
+    return tracker, tracker.client.search_runs([tracker.experiment_id])
+
+
+def test_a_round_is_one_mlflow_run_with_each_split_its_summary_and_its_printout(
+    tmp_path, monkeypatch, capsys
+):
+    """What a round printed is what MLflow holds: the numbers as metrics, the lines whole."""
+    path = _smoke_pipeline(tmp_path)
+    assert main(["run", "--config", str(path), "--until", "preprocess"]) == 0
+    _stand_in(monkeypatch)
+    argv = [str(path), "--outer", "0", "1", "--folds", "2", "--refit-steps", "1", "2"]
+    monkeypatch.setattr(sys, "argv", ["refit_lever.py", *argv, "--lever", "train.lr=0.001"])
+    refit_lever.main()
+    printed = capsys.readouterr()
+    lines = printed.out.splitlines()
+    tracker, (run,) = _lever_runs(path)
+    assert run.info.status == "FINISHED" and run.info.run_id in printed.err
+    assert run.data.params["arm.lever"] == "train.lr=0.001"
+    assert run.data.params["refit_steps"] == "[1, 2]"
+    assert run.data.tags["kind"] == "nested lever round"
+    history = tracker.client.get_metric_history(run.info.run_id, "default.macro_f1")
+    for line, metric in zip(lines[0:4:2], sorted(history, key=lambda m: m.step), strict=True):
+        assert line.startswith(f"outer {metric.step} ") and f"default {metric.value:.4f}" in line
+    metrics = run.data.metrics
+    mean = next(line for line in lines if line.startswith("mean: "))
+    assert f"lever - default {metrics['lever.gain']:+.4f}" in mean
+    assert f"lever {metrics['lever.mean_macro_f1']:.4f}" in mean
+    low, point, high = (metrics[f"lever.pooled_gain{end}"] for end in ("_low", "", "_high"))
+    assert low <= point <= high
+    assert f"{point:+.4f} [{low:+.4f}, {high:+.4f}]" in printed.out
+    left_out = tracker.client.get_metric_history(run.info.run_id, "lever.gain_left_out")
+    assert sorted(m.step for m in left_out) == [0, 1]
+    kept = tracker.download(run.info.run_id, "round.txt", tmp_path)
+    assert kept.read_text() == printed.out
+
+    monkeypatch.setattr(sys, "argv", ["refit_lever.py", *argv, "--lever", "x=1"])
+    with pytest.raises(ConfigError, match="x: unknown key"):  # stopped before a run is made
+        refit_lever.main()
+    monkeypatch.setattr(
+        sys, "argv", ["refit_lever.py", *argv, "--lever", "train.lr=0.01", "--no-mlflow"]
+    )
+    refit_lever.main()
+    assert len(_lever_runs(path)[1]) == 1
+
+
+def test_a_round_stopped_by_an_error_is_a_failed_run_that_keeps_what_it_had(
+    tmp_path, monkeypatch, capsys
+):
+    """Half a round must never read as a finished one, and its finished splits are not lost."""
+    path = _smoke_pipeline(tmp_path)
+    assert main(["run", "--config", str(path), "--until", "preprocess"]) == 0
+    _stand_in(monkeypatch, fail_on_call=3)  # the default and the lever of split 0, then fails
+    argv = [str(path), "--outer", "0", "1", "--folds", "2", "--refit-steps", "1", "1"]
+    monkeypatch.setattr(sys, "argv", ["refit_lever.py", *argv, "--lever", "train.lr=0.001"])
+    with pytest.raises(RuntimeError, match="out of memory"):
+        refit_lever.main()
+    tracker, (run,) = _lever_runs(path)
+    assert run.info.status == "FAILED"
+    assert "out of memory" in run.data.tags["error"]
+    assert [
+        m.step for m in tracker.client.get_metric_history(run.info.run_id, "lever.macro_f1")
+    ] == [0]
+    assert "lever.gain" not in run.data.metrics
+    kept = tracker.download(run.info.run_id, "round.txt", tmp_path).read_text()
+    assert kept.startswith("outer 0 ") and "outer 1 " not in kept
