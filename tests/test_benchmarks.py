@@ -105,18 +105,9 @@ def test_arms_that_differ_only_in_the_evaluate_stage_share_one_training(
 ):
     """``evaluate.adapt_priors`` decides from the same probabilities as the default; training it
     again would double a round's cost for the same model."""
-    import numpy as np
-
     path = _smoke_pipeline(tmp_path)
     assert main(["run", "--config", str(path), "--until", "preprocess"]) == 0
-    trained = []
-
-    def probabilities(config, data, validated, device):
-        trained.append(config.train.lr)
-        rng = np.random.default_rng(len(trained))
-        return rng.dirichlet(np.ones(len(data.classes)), size=len(data.sides["test"]))
-
-    monkeypatch.setattr(refit_lever, "probabilities", probabilities)
+    trained = _stand_in(monkeypatch)  # each training's learning rate
     arms = ["--lever", "evaluate.adapt_priors=record", "--lever", "train.lr=0.001"]
     argv = [str(path), "--outer", "0", "--folds", "2", "--refit-steps", "1", *arms]
     monkeypatch.setattr(sys, "argv", ["refit_lever.py", *argv])
