@@ -132,7 +132,7 @@ def main() -> None:
         "lever_steps": arms.lever_steps,
         "seeds": arms.seeds,
         "device": str(arms.device),
-        "beats": int(arms.shared.sum()),
+        "ds1_beats": int((arms.ds1 & arms.shared).sum()),  # each seed scores these once
     }
     for name, lever in zip(arms.names, args.levers, strict=True):
         params[f"arm.{metric_name(name)}"] = " ".join(lever)
@@ -297,10 +297,11 @@ def _round(args, setup: Arms, log: RoundLog) -> None:
     log.say(f"mean: {', '.join(f'{name} {means[name]:.4f}' for name in arms)} ({gains})")
     log.metrics({f"{metric_name(name)}.mean_macro_f1": means[name] for name in arms})
     log.metrics({f"{metric_name(name)}.gain": means[name] - means["default"] for name in names})
-    for line in _each_split_left_out(rows, names):
+    left_out = _left_out_gains(rows, names)
+    for line in _each_split_left_out(rows, left_out):
         log.say(line)
-    for name, gains_left_out in _left_out_gains(rows, names).items():
-        for r, gain in zip(rows, gains_left_out, strict=True):  # the step: the split left out
+    for name, gains in left_out.items():
+        for r, gain in zip(rows, gains, strict=True):  # the step: the split left out
             log.metrics({f"{metric_name(name)}.gain_left_out": gain}, step=r["outer"])
     lines, values = _pooled_difference(
         {k: np.concatenate(v) for k, v in pooled.items()}, names, classes
@@ -363,13 +364,13 @@ def _source_digest() -> str:
     return digest.hexdigest()
 
 
-def _each_split_left_out(rows: list[dict], names: list[str]) -> list[str]:
-    """Each arm's gain on the mean with one outer split left out in turn (none with one split).
-    Most rounds were decided by one side, the one that holds record 208 out (DS1's only patient
-    with many F beats): a gain that vanishes or flips without one split shows it in the round's
-    own printout, not in a reading made after the fact."""
+def _each_split_left_out(rows: list[dict], left_out: dict[str, list[float]]) -> list[str]:
+    """``_left_out_gains`` as printed lines. Most rounds were decided by one side, the one that
+    holds record 208 out (DS1's only patient with many F beats): a gain that vanishes or flips
+    without one split shows it in the round's own printout, not in a reading made after the
+    fact."""
     lines = []
-    for name, gains in _left_out_gains(rows, names).items():
+    for name, gains in left_out.items():
         each = ", ".join(f"{r['outer']} {g:+.4f}" for r, g in zip(rows, gains, strict=True))
         lines.append(f"  {name} - default, each split left out: {each}")
     return lines

@@ -38,9 +38,9 @@ class RoundLog:
 
     @classmethod
     def for_pipeline(cls, config: PipelineConfig, name: str, params, tags, enabled: bool = True):
-        tracker = (
-            Tracker(config.tracking_uri, config.experiment + EXPERIMENT_SUFFIX) if enabled else None
-        )
+        if not enabled:  # print only: no store, and no commit to look up for a tag
+            return cls(None, name, params, tags)
+        tracker = Tracker(config.tracking_uri, config.experiment + EXPERIMENT_SUFFIX)
         return cls(tracker, name, params, {"git_commit": git_commit(config.root), **tags})
 
     def say(self, line: str) -> None:

@@ -217,9 +217,10 @@ def test_each_split_left_out_shows_a_gain_that_one_side_makes():
         {"outer": 1, "default": 0.6, "lever": 0.6},
         {"outer": 4, "default": 0.7, "lever": 0.4},
     ]
-    (line,) = refit_lever._each_split_left_out(rows, ["lever"])
+    gains = refit_lever._left_out_gains(rows, ["lever"])
+    (line,) = refit_lever._each_split_left_out(rows, gains)
     assert line == "  lever - default, each split left out: 0 -0.1500, 1 -0.1500, 4 +0.0000"
-    assert refit_lever._each_split_left_out(rows[:1], ["lever"]) == []
+    assert refit_lever._left_out_gains(rows[:1], ["lever"]) == {}
 
 
 def _stand_in(monkeypatch, fail_on_call: int | None = None):
@@ -263,6 +264,9 @@ def test_a_round_is_one_mlflow_run_with_each_split_its_summary_and_its_printout(
     assert run.info.status == "FINISHED" and run.info.run_id in printed.err
     assert run.data.params["arm.lever"] == "train.lr=0.001"
     assert run.data.params["refit_steps"] == "[1, 2]"
+    pooled = next(line for line in lines if line.startswith("pooled over the held-out sides"))
+    scored = pooled.split("(")[1].split(" beats")[0].replace(",", "")
+    assert run.data.params["ds1_beats"] == scored  # DS1's beats, each scored once, not DS2's
     assert run.data.tags["kind"] == "nested lever round"
     history = tracker.client.get_metric_history(run.info.run_id, "default.macro_f1")
     for line, metric in zip(lines[0:4:2], sorted(history, key=lambda m: m.step), strict=True):
