@@ -132,7 +132,7 @@ def main() -> None:
         "lever_steps": arms.lever_steps,
         "seeds": arms.seeds,
         "device": str(arms.device),
-        "ds1_beats": int((arms.ds1 & arms.shared).sum()),  # each seed scores these once
+        "scored_beats": _scored(arms, args.outer),
     }
     for name, lever in zip(arms.names, args.levers, strict=True):
         params[f"arm.{metric_name(name)}"] = " ".join(lever)
@@ -209,6 +209,14 @@ def _arms(parser: argparse.ArgumentParser, args) -> Arms:
         sizes=sizes,
         shared=shared,
     )
+
+
+def _scored(setup: Arms, outer) -> int:
+    """The beats a round scores once per seed: the held-out sides' beats that every arm keeps,
+    of the classes the default learns (all of DS1's over the five sides of the usual round)."""
+    classes = setup.configs["default"].train.classes
+    learnt = setup.index["label"].isin(classes).to_numpy() if classes else True
+    return int(sum((setup.val[k] & setup.shared & learnt).sum() for k in outer))
 
 
 def _round(args, setup: Arms, log: RoundLog) -> None:
