@@ -198,16 +198,18 @@ def test_a_round_over_several_seeds_trains_each_arm_per_seed_and_scores_their_me
     lines = capsys.readouterr().out.splitlines()
     assert lines[2].startswith("  by seed (0 5): default ") and "; lever " in lines[2]
 
-    def pooled_beats(lines):
-        pooled = next(line for line in lines if line.startswith("pooled over the held-out"))
-        return int(pooled.split("(")[1].split(" beats")[0].replace(",", ""))
-
     # the pooled interval pairs each seed's decisions on the same beats: twice one seed's
     monkeypatch.setattr(sys, "argv", ["refit_lever.py", *argv[:-5], "--seeds", "0"])
     refit_lever.main()
     one = capsys.readouterr().out.splitlines()
     assert not any("by seed" in line for line in one)
-    assert pooled_beats(lines) == 2 * pooled_beats(one)
+    assert _pooled_beats(lines) == 2 * _pooled_beats(one)
+
+
+def _pooled_beats(lines: list[str]) -> int:
+    """The beat count a round's printed pooled line gives (every seed's decisions counted)."""
+    pooled = next(line for line in lines if line.startswith("pooled over the held-out"))
+    return int(pooled.split("(")[1].split(" beats")[0].replace(",", ""))
 
 
 def test_each_split_left_out_shows_a_gain_that_one_side_makes():
@@ -264,8 +266,7 @@ def test_a_round_is_one_mlflow_run_with_each_split_its_summary_and_its_printout(
     assert run.info.status == "FINISHED" and run.info.run_id in printed.err
     assert run.data.params["arm.lever"] == "train.lr=0.001"
     assert run.data.params["refit_steps"] == "[1, 2]"
-    pooled = next(line for line in lines if line.startswith("pooled over the held-out sides"))
-    scored = pooled.split("(")[1].split(" beats")[0].replace(",", "")
+    scored = str(_pooled_beats(lines))
     assert run.data.params["scored_beats"] == scored  # the held-out sides' beats, not DS2's
     assert run.data.tags["kind"] == "nested lever round"
     history = tracker.client.get_metric_history(run.info.run_id, "default.macro_f1")
