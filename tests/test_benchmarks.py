@@ -314,3 +314,54 @@ def test_a_round_stopped_by_an_error_is_a_failed_run_that_keeps_what_it_had(
     assert "lever.gain" not in run.data.metrics
     kept = tracker.download(run.info.run_id, "round.txt", tmp_path).read_text()
     assert kept.startswith("outer 0 ") and "outer 1 " not in kept
+
+
+def test_the_patient_curve_trains_each_share_on_drawn_patients_and_sums_up_split_files(
+    tmp_path, monkeypatch, capsys
+):
+    """A share below one trains on fewer of the split's training patients, each draw its own and
+    with its own seed; the whole share on all of them. Files of separate processes sum up alike,
+    and a split given twice is refused rather than counted twice."""
+    import json
+
+    import numpy as np
+
+    patient_curve = importlib.import_module("patient_curve")
+    path = _smoke_pipeline(tmp_path)
+    assert main(["run", "--config", str(path), "--until", "preprocess"]) == 0
+    trained = []
+
+    def probabilities(config, data, validated, device):
+        patients = data.index.loc[data.sides["train"].rows, "patient"].unique()
+        trained.append((config.train.seed, frozenset(patients)))
+        rng = np.random.default_rng(len(trained))
+        return rng.dirichlet(np.ones(len(data.classes)), size=len(data.sides["test"]))
+
+    monkeypatch.setattr(patient_curve, "probabilities", probabilities)
+    out = tmp_path / "rows.jsonl"
+    argv = [str(path), "--outer", "0", "--folds", "2", "--refit-steps", "1"]
+    argv += ["--shares", "0.5", "1", "--draws", "2", "--first-seed", "7", "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", ["patient_curve.py", *argv])
+    patient_curve.main()
+    assert [seed for seed, _ in trained] == [7, 8, 7, 8]
+    (half, other_half), (whole, again) = trained[:2], trained[2:]
+    assert whole[1] == again[1] and half[1] < whole[1] and other_half[1] < whole[1]
+    assert len(half[1]) == max(2, round(len(whole[1]) / 2)) and half[1] != other_half[1]
+    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert row["patients"] == len(whole[1])
+    assert [len(d["patients"]) for d in row["shares"]["0.5"]] == [len(half[1])] * 2
+    printed = capsys.readouterr().out
+
+    # a second process's split: the summary of both files means over both splits
+    moved = dict(row, outer=1)
+    other = tmp_path / "other.jsonl"
+    other.write_text(json.dumps(moved) + "\n")
+    monkeypatch.setattr(sys, "argv", ["patient_curve.py", "--summary", str(out), str(other)])
+    patient_curve.main()
+    both = capsys.readouterr().out.splitlines()
+    assert both[0].startswith("mean over outer splits 0 1 (each the mean of 2 draws)")
+    assert both[2:] == printed.splitlines()[-2:]  # the same split twice: the same means
+    monkeypatch.setattr(sys, "argv", ["patient_curve.py", "--summary", str(out), str(out)])
+    with pytest.raises(SystemExit):
+        patient_curve.main()
+    assert "outer split(s) [0] in more than one line" in capsys.readouterr().err
