@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import statistics
 import tempfile
 from pathlib import Path
@@ -149,7 +150,9 @@ def split_lines(row: dict) -> list[str]:
 
 def summary(rows: list[dict]) -> list[str]:
     """Each share's mean over the outer splits of the mean over its draws: patients, patients
-    with S beats, macro-F1 and F1 by class."""
+    with S beats, macro-F1 and F1 by class. A class that a held-out side neither holds nor is
+    called on has no F1 there (undefined, ``ecg.metrics``, not 0: side 2 has no F beat), so such
+    draws are left out of that class's mean, and a split with none left out of the splits'."""
     rows = sorted(rows, key=lambda r: r["outer"])
     shares = list(rows[0]["shares"])
     classes = list(rows[0]["shares"][shares[0]][0]["f1"])
@@ -162,7 +165,9 @@ def summary(rows: list[dict]) -> list[str]:
         draws = [r["shares"][share] for r in rows]
 
         def mean(value, draws=draws) -> float:
-            return statistics.mean(statistics.mean(value(d) for d in split) for split in draws)
+            defined = [[v for d in split if not math.isnan(v := value(d))] for split in draws]
+            means = [statistics.mean(values) for values in defined if values]
+            return statistics.mean(means) if means else math.nan
 
         by_class = "  ".join(f"{mean(lambda d, c=c: d['f1'][c]):.3f}" for c in classes)
         lines.append(

@@ -361,6 +361,15 @@ def test_the_patient_curve_trains_each_share_on_drawn_patients_and_sums_up_split
     both = capsys.readouterr().out.splitlines()
     assert both[0].startswith("mean over outer splits 0 1 (each the mean of 2 draws)")
     assert both[2:] == printed.splitlines()[-2:]  # the same split twice: the same means
+    # a side without F beats, never called F, has no F1 (NaN): left out of F's mean, not 0
+    undefined = json.loads(json.dumps(moved))
+    for draws in undefined["shares"].values():
+        for draw in draws:
+            draw["f1"]["F"] = float("nan")
+    other.write_text(json.dumps(undefined) + "\n")
+    monkeypatch.setattr(sys, "argv", ["patient_curve.py", "--summary", str(out), str(other)])
+    patient_curve.main()
+    assert capsys.readouterr().out.splitlines()[2:] == both[2:]
     monkeypatch.setattr(sys, "argv", ["patient_curve.py", "--summary", str(out), str(out)])
     with pytest.raises(SystemExit):
         patient_curve.main()
