@@ -49,7 +49,11 @@ def main() -> None:
     parser.add_argument("--refit-steps", type=int, nargs="+", help="one per --outer split")
     parser.add_argument(
         "--shares", type=float, nargs="+", default=[0.25, 0.5, 0.75, 1.0],
-        help="shares of each split's training patients to train on",
+        help="shares of each split's training patients (or beats, --of beats) to train on",
+    )  # fmt: skip
+    parser.add_argument(
+        "--of", choices=("patients", "beats"), default="patients",
+        help="what a share draws: whole patients, or each patient's beats (every patient kept)",
     )  # fmt: skip
     parser.add_argument(
         "--draws", type=int, default=3, help="draws of patients (and seeds) per share"
@@ -69,6 +73,8 @@ def main() -> None:
         twice = sorted({k for k in outers if outers.count(k) > 1})
         if twice:
             parser.error(f"--summary: outer split(s) {twice} in more than one line")
+        if len({row.get("of", "patients") for row in rows}) > 1:
+            parser.error("--summary: lines of shares of patients and of beats together")
         for line in summary(rows):
             print(line)
         return
@@ -93,13 +99,16 @@ def outer_split(args, config, device, preprocess, index, train, test, k: int, st
     """Every share's draws on one outer split: each draw's patients, macro-F1 and F1 by class."""
     patients = np.array(sorted(index.loc[train, "patient"].unique()))
     s_beats = index.loc[train & (index["label"] == "S").to_numpy()].groupby("patient").size()
-    row: dict = {"outer": k, "steps": steps, "patients": len(patients), "shares": {}}
+    row: dict = {"outer": k, "of": args.of, "steps": steps, "patients": len(patients), "shares": {}}
     with tempfile.TemporaryDirectory() as scratch:
         for share in args.shares:
             draws = []
             for draw in range(args.draws):
-                chosen = _drawn(patients, share, k, draw)
-                rows = train & index["patient"].isin(chosen).to_numpy()
+                if args.of == "patients":
+                    chosen = _drawn(patients, share, k, draw)
+                    rows = train & index["patient"].isin(chosen).to_numpy()
+                else:
+                    chosen, rows = patients, train & _beats_drawn(len(index), share, k, draw)
                 seed = args.first_seed + draw
                 seeded = dataclasses.replace(
                     config, train=dataclasses.replace(config.train, seed=seed)
@@ -118,6 +127,7 @@ def outer_split(args, config, device, preprocess, index, train, test, k: int, st
                         "s_patients": int(
                             (s_beats.reindex(chosen).fillna(0) >= S_PATIENT_BEATS).sum()
                         ),
+                        "beats": int(rows.sum()),
                         "macro_f1": round(metrics["macro_f1"], 4),
                         "f1": {c: round(metrics[f"{c}_f1"], 4) for c in data.classes},
                     }
@@ -135,6 +145,14 @@ def _drawn(patients: np.ndarray, share: float, outer: int, draw: int) -> np.ndar
     return np.sort(rng.choice(patients, size=count, replace=False))
 
 
+def _beats_drawn(count: int, share: float, outer: int, draw: int) -> np.ndarray:
+    """A mask keeping about ``share`` of the beats, each patient's and each class's alike, the
+    same for the same split, share and draw."""
+    if share >= 1:
+        return np.ones(count, dtype=bool)
+    return np.random.default_rng([outer, draw, round(share * 1000), 1]).random(count) < share
+
+
 def split_lines(row: dict) -> list[str]:
     lines = [f"outer {row['outer']} ({row['steps']} steps, {row['patients']} training patients):"]
     for share, draws in row["shares"].items():
@@ -142,7 +160,8 @@ def split_lines(row: dict) -> list[str]:
         macro = statistics.mean(d["macro_f1"] for d in draws)
         s_f1 = statistics.mean(d["f1"]["S"] for d in draws)
         lines.append(
-            f"  share {float(share):.2f} ({len(draws[0]['patients'])} patients): "
+            f"  share {float(share):.2f} ({len(draws[0]['patients'])} patients, "
+            f"{draws[0]['beats']:,} beats): "
             f"macro-F1 {macro:.4f} ({each}), S F1 {s_f1:.3f}"
         )
     return lines
@@ -150,16 +169,18 @@ def split_lines(row: dict) -> list[str]:
 
 def summary(rows: list[dict]) -> list[str]:
     """Each share's mean over the outer splits of the mean over its draws: patients, patients
-    with S beats, macro-F1 and F1 by class. A class that a held-out side neither holds nor is
-    called on has no F1 there (undefined, ``ecg.metrics``, not 0: side 2 has no F beat), so such
-    draws are left out of that class's mean, and a split with none left out of the splits'."""
+    with S beats, training beats (NaN for lines written before they were counted), macro-F1 and
+    F1 by class. A class that a held-out side neither holds nor is called on has no F1 there
+    (undefined, ``ecg.metrics``, not 0: side 2 has no F beat), so such draws are left out of
+    that class's mean, and a split with none left out of the splits'."""
     rows = sorted(rows, key=lambda r: r["outer"])
     shares = list(rows[0]["shares"])
     classes = list(rows[0]["shares"][shares[0]][0]["f1"])
     lines = [
         f"mean over outer splits {' '.join(str(r['outer']) for r in rows)} "
-        f"(each the mean of {len(rows[0]['shares'][shares[0]])} draws):",
-        f"  share  patients  with S  macro-F1  {'  '.join(f'{c} F1' for c in classes)}",
+        f"(shares of the {rows[0].get('of', 'patients')}, "
+        f"each the mean of {len(rows[0]['shares'][shares[0]])} draws):",
+        f"  share  patients  with S    beats  macro-F1  {'  '.join(f'{c} F1' for c in classes)}",
     ]
     for share in shares:
         draws = [r["shares"][share] for r in rows]
@@ -172,8 +193,9 @@ def summary(rows: list[dict]) -> list[str]:
         by_class = "  ".join(f"{mean(lambda d, c=c: d['f1'][c]):.3f}" for c in classes)
         lines.append(
             f"  {float(share):5.2f}  {mean(lambda d: len(d['patients'])):8.1f}  "
-            f"{mean(lambda d: d['s_patients']):6.1f}  {mean(lambda d: d['macro_f1']):8.4f}  "
-            f"{by_class}"
+            f"{mean(lambda d: d['s_patients']):6.1f}  "
+            f"{mean(lambda d: d.get('beats', math.nan)):7.0f}  "
+            f"{mean(lambda d: d['macro_f1']):8.4f}  {by_class}"
         )
     return lines
 

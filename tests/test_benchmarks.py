@@ -333,7 +333,7 @@ def test_the_patient_curve_trains_each_share_on_drawn_patients_and_sums_up_split
 
     def probabilities(config, data, validated, device):
         patients = data.index.loc[data.sides["train"].rows, "patient"].unique()
-        trained.append((config.train.seed, frozenset(patients)))
+        trained.append((config.train.seed, frozenset(patients), len(data.sides["train"])))
         rng = np.random.default_rng(len(trained))
         return rng.dirichlet(np.ones(len(data.classes)), size=len(data.sides["test"]))
 
@@ -343,7 +343,7 @@ def test_the_patient_curve_trains_each_share_on_drawn_patients_and_sums_up_split
     argv += ["--shares", "0.5", "1", "--draws", "2", "--first-seed", "7", "--out", str(out)]
     monkeypatch.setattr(sys, "argv", ["patient_curve.py", *argv])
     patient_curve.main()
-    assert [seed for seed, _ in trained] == [7, 8, 7, 8]
+    assert [seed for seed, _, _ in trained] == [7, 8, 7, 8]
     (half, other_half), (whole, again) = trained[:2], trained[2:]
     assert whole[1] == again[1] and half[1] < whole[1] and other_half[1] < whole[1]
     assert len(half[1]) == max(2, round(len(whole[1]) / 2)) and half[1] != other_half[1]
@@ -359,7 +359,7 @@ def test_the_patient_curve_trains_each_share_on_drawn_patients_and_sums_up_split
     monkeypatch.setattr(sys, "argv", ["patient_curve.py", "--summary", str(out), str(other)])
     patient_curve.main()
     both = capsys.readouterr().out.splitlines()
-    assert both[0].startswith("mean over outer splits 0 1 (each the mean of 2 draws)")
+    assert both[0].startswith("mean over outer splits 0 1 (shares of the patients, each the mean")
     assert both[2:] == printed.splitlines()[-2:]  # the same split twice: the same means
     # a side without F beats, never called F, has no F1 (NaN): left out of F's mean, not 0
     undefined = json.loads(json.dumps(moved))
@@ -374,3 +374,16 @@ def test_the_patient_curve_trains_each_share_on_drawn_patients_and_sums_up_split
     with pytest.raises(SystemExit):
         patient_curve.main()
     assert "outer split(s) [0] in more than one line" in capsys.readouterr().err
+
+    # shares of beats: every patient kept, about half of the beats
+    trained.clear()
+    beats = tmp_path / "beats.jsonl"
+    argv = [*argv[:7], "--of", "beats", "--shares", "0.5", "--draws", "1", "--out", str(beats)]
+    monkeypatch.setattr(sys, "argv", ["patient_curve.py", *argv])
+    patient_curve.main()
+    ((_, patients, count),) = trained
+    assert patients == whole[1] and 0.4 < count / whole[2] < 0.6
+    monkeypatch.setattr(sys, "argv", ["patient_curve.py", "--summary", str(beats), str(other)])
+    with pytest.raises(SystemExit):
+        patient_curve.main()
+    assert "shares of patients and of beats together" in capsys.readouterr().err
