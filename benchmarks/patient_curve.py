@@ -1,19 +1,23 @@
 """How the default's nested score grows with the number of training patients.
 
     python benchmarks/patient_curve.py mitdb --refit-steps 3 8 7 4 7 --device cuda
+    python benchmarks/patient_curve.py mitdb --refit-steps 3 8 7 4 7 --of beats --shares 0.25 0.5
     python benchmarks/patient_curve.py mitdb --summary rows.jsonl
 
-Every lever round since the tenth has moved the default by less than its margin, and the quality
-issue's gap to the published results is largest in S, whose beats across patients differ most.
-Whether more patients would close it cannot be measured with more patients than DS1 has, but the
-slope at the patients it has can: for each outer split k (split seed k; its validation side V_k
-plays the test patients, as in ``refit_lever.py``), the default is trained on a random share of
-DS1 minus V_k's patients, for the default's step count for k, and scored on V_k. Each share is
-drawn ``--draws`` times, each draw with its own patients and its own ``train.seed``
-(``--first-seed`` + draw); the whole share (1.0) keeps every patient and only changes the seed,
-so with the defaults it is the nested rounds' default arm over seeds 3, 4 and 5. An epoch is
-``train.samples_per_epoch`` beats whatever the share, so every share takes the same number of
-updates. DS2 is never read.
+No new lever since the thirtieth round has cleared the rounds' margin, and the quality issue's gap
+to the published results is largest in S. Whether more patients would close it cannot be measured
+with more patients than DS1 has, but the slope at the patients it has can: for each outer split k
+(split seed k; its validation side V_k plays the test patients, as in ``refit_lever.py``), the
+default is trained on a random share of DS1 minus V_k's patients, for the default's step count for
+k, and scored on V_k. Each share is drawn ``--draws`` times, each draw with its own patients and its
+own ``train.seed`` (``--first-seed`` + draw); the whole share (1.0) keeps every patient and only
+changes the seed, so with the defaults it is the nested rounds' default arm over seeds 3, 4 and 5.
+An epoch is ``train.samples_per_epoch`` beats whatever the share, so every share takes the same
+number of updates. DS2 is never read.
+
+A share of the patients is also a share of the beats. ``--of beats`` is the control: every
+training patient kept, each of their beats kept with the share's probability; where it scores as
+the whole does, the curve is about patients, not beats (``benchmarks/quality.md``).
 
 Each outer split appends one JSON line to ``--out`` as soon as it is done; ``--summary`` prints the
 table of several such files together (the outer splits can then run as separate processes, side
