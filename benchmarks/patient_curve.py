@@ -108,11 +108,7 @@ def outer_split(args, config, device, preprocess, index, train, test, k: int, st
         for share in args.shares:
             draws = []
             for draw in range(args.draws):
-                if args.of == "patients":
-                    chosen = _drawn(patients, share, k, draw)
-                    rows = train & index["patient"].isin(chosen).to_numpy()
-                else:
-                    chosen, rows = patients, train & _beats_drawn(len(index), share, k, draw)
+                chosen, rows = _training_rows(args.of, index, train, patients, (k, draw, share))
                 seed = args.first_seed + draw
                 seeded = dataclasses.replace(
                     config, train=dataclasses.replace(config.train, seed=seed)
@@ -138,6 +134,15 @@ def outer_split(args, config, device, preprocess, index, train, test, k: int, st
                 )
             row["shares"][str(share)] = draws
     return row
+
+
+def _training_rows(of: str, index, train, patients: np.ndarray, at: tuple) -> tuple:
+    """One draw's training patients and rows: a share of the patients, or of each one's beats."""
+    outer, draw, share = at
+    if of == "patients":
+        chosen = _drawn(patients, share, outer, draw)
+        return chosen, train & index["patient"].isin(chosen).to_numpy()
+    return patients, train & _beats_drawn(len(index), share, outer, draw)
 
 
 def _drawn(patients: np.ndarray, share: float, outer: int, draw: int) -> np.ndarray:
