@@ -177,14 +177,9 @@ def test_a_round_over_several_seeds_trains_each_arm_per_seed_and_scores_their_me
 
     path = _smoke_pipeline(tmp_path)
     assert main(["run", "--config", str(path), "--until", "preprocess"]) == 0
-    trained = []
-
-    def probabilities(config, data, validated, device):
-        trained.append((config.train.lr, config.train.seed))
-        rng = np.random.default_rng(len(trained))
-        return rng.dirichlet(np.ones(len(data.classes)), size=len(data.sides["test"]))
-
-    monkeypatch.setattr(refit_lever, "probabilities", probabilities)
+    trained = _stand_in(
+        monkeypatch, record=lambda config, data: (config.train.lr, config.train.seed)
+    )
     out = tmp_path / "rows.jsonl"
     argv = [str(path), "--outer", "0", "--folds", "2", "--refit-steps", "1", "--no-cache"]
     argv += ["--lever", "train.lr=0.001", "--seeds", "0", "5", "--out", str(out)]
@@ -225,20 +220,22 @@ def test_each_split_left_out_shows_a_gain_that_one_side_makes():
     assert refit_lever._left_out_gains(rows[:1], ["lever"]) == {}
 
 
-def _stand_in(monkeypatch, fail_on_call: int | None = None):
-    """Random held-out probabilities instead of trainings; the ``fail_on_call``-th call raises."""
+def _stand_in(monkeypatch, fail_on_call: int | None = None, module=refit_lever, record=None):
+    """Random held-out probabilities instead of ``module``'s trainings; each call's
+    ``record(config, data)`` (by default the learning rate) is kept in the list returned, and the
+    ``fail_on_call``-th call raises."""
     import numpy as np
 
     calls = []
 
     def probabilities(config, data, validated, device):
-        calls.append(config.train.lr)
+        calls.append(record(config, data) if record else config.train.lr)
         if len(calls) == fail_on_call:
             raise RuntimeError("out of memory (a stand-in)")
         rng = np.random.default_rng(len(calls))
         return rng.dirichlet(np.ones(len(data.classes)), size=len(data.sides["test"]))
 
-    monkeypatch.setattr(refit_lever, "probabilities", probabilities)
+    monkeypatch.setattr(module, "probabilities", probabilities)
     return calls
 
 
@@ -324,20 +321,15 @@ def test_the_patient_curve_trains_each_share_on_drawn_patients_and_sums_up_split
     and a split given twice is refused rather than counted twice."""
     import json
 
-    import numpy as np
-
     patient_curve = importlib.import_module("patient_curve")
     path = _smoke_pipeline(tmp_path)
     assert main(["run", "--config", str(path), "--until", "preprocess"]) == 0
-    trained = []
 
-    def probabilities(config, data, validated, device):
+    def seed_patients_beats(config, data):
         patients = data.index.loc[data.sides["train"].rows, "patient"].unique()
-        trained.append((config.train.seed, frozenset(patients), len(data.sides["train"])))
-        rng = np.random.default_rng(len(trained))
-        return rng.dirichlet(np.ones(len(data.classes)), size=len(data.sides["test"]))
+        return config.train.seed, frozenset(patients), len(data.sides["train"])
 
-    monkeypatch.setattr(patient_curve, "probabilities", probabilities)
+    trained = _stand_in(monkeypatch, module=patient_curve, record=seed_patients_beats)
     out = tmp_path / "rows.jsonl"
     argv = [str(path), "--outer", "0", "--folds", "2", "--refit-steps", "1"]
     argv += ["--shares", "0.5", "1", "--draws", "2", "--first-seed", "7", "--out", str(out)]
