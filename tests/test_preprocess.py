@@ -162,3 +162,24 @@ def test_cut_beats_takes_a_local_template_over_seconds_of_the_kept_beats():
     assert abs(windows[mid - 1, :, 1]).max() < 0.02
     whole, _, _ = cut_beats(y, fs, fs_new, r, SegmentConfig(beat_template=True))
     assert abs(whole[0, :, 1]).max() > 0.9
+
+
+@pytest.mark.parametrize("detector", ["xqrs", "gqrs"])
+def test_detected_r_peaks_lie_where_the_reference_beats_do(fixtures, detector):
+    """A model learns beats centred where MIT-BIH's annotations put R; GQRS marks the QRS onset,
+    4.5 samples earlier at 128 Hz, so its beats would reach the model shifted by 35 ms."""
+    from ecg.config import SignalConfig
+    from ecg.databases import wfdb_io
+    from ecg.preprocess import filtered
+
+    for record in ("100", "209"):
+        path = fixtures / "mitdb" / record
+        raw = wfdb_io.read_signals(path, ["MLII"])
+        y, fs = filtered(raw.signal, raw.fs, SignalConfig(leads=["MLII"], fs=128))
+        found = wfdb_io.detect_r_peaks(y[:, 0].astype(np.float64), fs, detector)
+        ann = wfdb.rdann(str(path), "atr")
+        reference = ann.sample[np.isin(ann.symbol, list(AAMI_EC57))] * fs / raw.fs
+        nearest = reference[np.abs(reference[None, :] - found[:, None]).argmin(axis=1)]
+        off = found - nearest
+        assert len(found) == pytest.approx(len(reference), abs=2)
+        assert np.mean(np.abs(off) <= 1.5) > 0.95, np.median(off)
