@@ -41,6 +41,18 @@ The default arm, the same in every round, is then trained once per code version 
 round, which halves a training lever's round on two CPU cores; any change to the code or the data
 makes a new key. ``--no-cache`` trains everything again.
 
+``--lend PIECES --lend-as healthy=N`` adds one arm, "lent": the default trained also on another
+database's patients (``lend.py``), every one of them on every training side and none ever held
+out, so that the held-out sides and their scores are the default's own beats:
+
+    ecg run ptbdb --source ../shared/data/ptbdb --until preprocess --set data_dir=data/ptb_beats \
+        --set segment.kind=beats --set segment.r_peaks=gqrs --set 'signal.leads=[ii]' \
+        --set signal.fs=128 --set segment.pre_s=0.25 --set segment.post_s=0.45 \
+        --set segment.rr_local_beats=10 --set segment.rr_average_s=300 \
+        --set segment.beat_template=true
+    python benchmarks/refit_lever.py mitdb --refit-steps 3 8 7 4 7 --seeds 3 4 5 \
+        --lend data/ptb_beats/processed/ptbdb/preprocess --lend-as healthy=N
+
 Each round is also one MLflow run in the experiment ``<pipeline's experiment>-levers`` of the
 pipeline's own store (``round_log.py``): each arm's overrides as params, each outer split's scores
 as metrics as soon as the split is done, the summary, and every printed line as ``round.txt``; a
@@ -74,6 +86,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from lend import lend
 from refit_ensemble import decisions, probabilities, refit_data
 from refit_steps import append_line, nested_setup
 from round_log import RoundLog, metric_name
@@ -99,9 +112,25 @@ def main() -> None:
         dest="levers",
         nargs="+",
         action="append",
-        required=True,
+        default=[],
         metavar="KEY=VALUE",
         help="one arm's overrides; repeat for more arms",
+    )
+    parser.add_argument(
+        "--lend",
+        type=Path,
+        metavar="PIECES",
+        help="one more arm, 'lent': the default trained also on these pieces (another "
+        "database's preprocess folder, made with the default's rate, window and RR settings), "
+        "all of them on every training side and never held out (see lend.py)",
+    )
+    parser.add_argument(
+        "--lend-as",
+        nargs="+",
+        default=[],
+        metavar="LABEL=CLASS",
+        help="the lent pieces' labels as the default's classes, e.g. healthy=N; pieces of any "
+        "other label are not lent",
     )
     parser.add_argument(
         "--seeds",
@@ -123,7 +152,12 @@ def main() -> None:
         "(experiment <pipeline's experiment>-levers)",
     )
     args = parser.parse_args()
-    arms = _arms(parser, args)
+    with tempfile.TemporaryDirectory() as scratch:
+        _main(parser, args, Path(scratch))
+
+
+def _main(parser: argparse.ArgumentParser, args, scratch: Path) -> None:
+    arms = _arms(parser, args, scratch)
     params = {
         "pipeline": args.pipeline,
         "outer": args.outer,
@@ -134,9 +168,9 @@ def main() -> None:
         "device": str(arms.device),
         "scored_beats": _scored(arms, args.outer),
     }
-    for name, lever in zip(arms.names, args.levers, strict=True):
-        params[f"arm.{metric_name(name)}"] = " ".join(lever)
-    title = " | ".join(" ".join(lever) for lever in args.levers)[:200]
+    for name in arms.names:
+        params[f"arm.{metric_name(name)}"] = arms.described[name]
+    title = " | ".join(arms.described.values())[:200]
     tags = {"kind": "nested lever round", "ds2": "not read"}
     default = arms.configs["default"]
     with RoundLog.for_pipeline(default, title, params, tags, enabled=not args.no_mlflow) as log:
@@ -148,7 +182,8 @@ class Arms:
     """A round's arms and what they are trained and scored on, checked before any training."""
 
     configs: dict  # arm name -> its configuration; "default" first
-    names: list[str]  # the lever arms' names
+    names: list[str]  # the other arms' names: the levers', then "lent" if any
+    described: dict  # each of those arms as its overrides, or what it lends
     seeds: list[int]
     lever_steps: list[int]
     device: torch.device
@@ -160,9 +195,17 @@ class Arms:
     rows_of: dict  # arm name -> each default beat's row in its pieces (-1: not there)
     sizes: dict  # arm name -> its number of pieces
     shared: np.ndarray  # the default's beats that every arm keeps
+    lent: dict  # arm name -> mask over its pieces of those on every training side
+    lent_digest: dict  # arm name -> the lent pieces' output digest, for the cache key
+    scratch: Path  # where trainings' split files and the lent arm's pieces go
 
 
-def _arms(parser: argparse.ArgumentParser, args) -> Arms:
+def _arms(parser: argparse.ArgumentParser, args, scratch: Path) -> Arms:
+    if not args.levers and args.lend is None:
+        parser.error("nothing to compare: give --lever, --lend or both")
+    if (args.lend is None) != (not args.lend_as):
+        parser.error("--lend and --lend-as go together")
+    mapping = dict(pair.partition("=")[::2] for pair in args.lend_as)
     lever_steps = args.lever_steps or args.refit_steps
     for name, counts in (("--refit-steps", args.refit_steps), ("--lever-steps", lever_steps)):
         if len(counts) != len(args.outer):
@@ -193,10 +236,29 @@ def _arms(parser: argparse.ArgumentParser, args) -> Arms:
             rows_of[name], sizes[name] = _arm_rows(engines[name], preprocess["default"], index)
         except ValueError as problem:
             parser.error(f"{name} changes the pieces (segment or signal settings): {problem}")
+    described = {name: " ".join(lever) for name, lever in zip(names, args.levers, strict=True)}
+    lent, lent_digest = {}, {}
+    if args.lend is not None:
+        arms["lent"], engines["lent"] = arms["default"], engines["default"]
+        preprocess["lent"] = scratch / "lent"
+        try:
+            lent_pieces = lend(preprocess["default"], args.lend, mapping, preprocess["lent"])
+        except (ValueError, OSError) as problem:
+            parser.error(f"--lend: {problem}")
+        rows_of["lent"] = np.arange(len(index))  # the default's beats first, then the lent
+        sizes["lent"] = len(index) + lent_pieces.pieces
+        lent["lent"] = np.arange(sizes["lent"]) >= len(index)
+        lent_digest["lent"] = lent_pieces.digest
+        names.append("lent")
+        described["lent"] = (
+            f"lend {lent_pieces.pieces:,} pieces of {lent_pieces.patients} patients "
+            f"from {args.lend} as {' '.join(args.lend_as)}"
+        )
     shared = np.all([rows >= 0 for rows in rows_of.values()], axis=0)
     return Arms(
         configs=arms,
         names=names,
+        described=described,
         seeds=seeds,
         lever_steps=lever_steps,
         device=device,
@@ -208,6 +270,9 @@ def _arms(parser: argparse.ArgumentParser, args) -> Arms:
         rows_of=rows_of,
         sizes=sizes,
         shared=shared,
+        lent=lent,
+        lent_digest=lent_digest,
+        scratch=scratch,
     )
 
 
@@ -233,73 +298,76 @@ def _round(args, setup: Arms, log: RoundLog) -> None:
             f"(every arm scored on the {shared.sum():,} of the default's {len(index):,} beats "
             "that all arms keep)"
         )
+    for name in setup.lent:
+        log.say(f"({name}: {setup.described[name]}, on every training side)")
     rows = []
     pooled: dict[str, list] = {"y": [], "patient": [], **{name: [] for name in arms}}
-    with tempfile.TemporaryDirectory() as scratch:
-        for k, steps, own in zip(args.outer, args.refit_steps, setup.lever_steps, strict=True):
-            row = {
-                "outer": k,
-                "steps": steps,
-                "lever_steps": own,
-                "overrides": args.levers[0] if len(names) == 1 else args.levers,
-                "device": str(setup.device),
-            }
-            trained: dict = {}  # training settings -> (data, probabilities), for arms that
-            # differ only in how the evaluate stage decides (evaluate.*): one training serves all
-            default_sides = (
-                setup.ds1 & ~setup.val[k] & shared,
-                setup.val[k] & shared,
-            )  # training, held-out rows
-            for name, config in arms.items():
-                folder = Path(scratch) / f"{k}_{name.replace(' ', '_')}"
-                count = steps if name == "default" else own
-                sides = tuple(
-                    _in_rows(side, setup.rows_of[name], setup.sizes[name]) for side in default_sides
-                )
-                config, data = refit_data(config, count, setup.preprocess[name], folder, *sides)
-                drawn = []  # one (macro-F1, F1 by class) per seed
-                for seed in seeds:
-                    seeded = dataclasses.replace(
-                        config, train=dataclasses.replace(config.train, seed=seed)
-                    )
-                    key = dataclasses.replace(seeded, evaluate=arms["default"].evaluate)
-                    if key not in trained:
-                        stamp = (
-                            None if args.no_cache else setup.engines[name].stamp_path("preprocess")
-                        )
-                        probas = held_out_probabilities(key, data, setup.device, stamp, sides)
-                        trained[key] = data, probas
-                    data, proba = trained[key]
-                    y = data.sides["test"].y.numpy()
-                    classes = data.classes
-                    predicted = decisions(seeded, data, proba)
-                    pooled[name].append(predicted)
-                    metrics = from_confusion(confusion(y, predicted, len(classes)), classes)
-                    drawn.append((metrics["macro_f1"], [metrics[f"{c}_f1"] for c in classes]))
-                row[name] = statistics.mean(score for score, _ in drawn)
-                mean_f1 = np.mean([by_class for _, by_class in drawn], axis=0).tolist()
-                row[f"{name} F1"] = {c: round(f, 4) for c, f in zip(classes, mean_f1, strict=True)}
-                if len(seeds) > 1:
-                    row[f"{name} by seed"] = [round(score, 4) for score, _ in drawn]
-            held = data.index.loc[data.sides["test"].rows, "patient"].to_numpy()
-            pooled["y"] += [y] * len(seeds)  # each seed's decisions against the same beats
-            pooled["patient"] += [held] * len(seeds)
-            rows.append(row)
-            scores = ", ".join(f"{name} {row[name]:.4f}" for name in arms)
-            log.say(f"outer {k} ({steps} / {own} steps): {scores}")
-            by_class = "; ".join(
-                f"{name} " + " ".join(f"{v:.3f}" for v in row[f"{name} F1"].values())
-                for name in arms
+    for k, steps, own in zip(args.outer, args.refit_steps, setup.lever_steps, strict=True):
+        row = {
+            "outer": k,
+            "steps": steps,
+            "lever_steps": own,
+            "overrides": args.levers[0] if len(args.levers) == 1 else args.levers,
+            **({"lent": setup.described["lent"]} if setup.lent else {}),
+            "device": str(setup.device),
+        }
+        trained: dict = {}  # (pieces, training settings) -> (data, probabilities), for arms
+        # that differ only in how the evaluate stage decides (evaluate.*): one training serves all
+        default_sides = (
+            setup.ds1 & ~setup.val[k] & shared,
+            setup.val[k] & shared,
+        )  # training, held-out rows
+        for name, config in arms.items():
+            folder = setup.scratch / f"{k}_{name.replace(' ', '_')}"
+            count = steps if name == "default" or name in setup.lent else own
+            train, held = (
+                _in_rows(side, setup.rows_of[name], setup.sizes[name]) for side in default_sides
             )
-            log.say(f"  F1 by class ({' '.join(classes)}): {by_class}")
-            if len(seeds) > 1:
-                each = "; ".join(
-                    f"{name} " + " ".join(f"{v:.4f}" for v in row[f"{name} by seed"])
-                    for name in arms
+            sides = (train | setup.lent[name], held) if name in setup.lent else (train, held)
+            config, data = refit_data(config, count, setup.preprocess[name], folder, *sides)
+            drawn = []  # one (macro-F1, F1 by class) per seed
+            for seed in seeds:
+                seeded = dataclasses.replace(
+                    config, train=dataclasses.replace(config.train, seed=seed)
                 )
-                log.say(f"  by seed ({' '.join(map(str, seeds))}): {each}")
-            log.metrics(_split_metrics(row, arms, seeds), step=k)
-            append_line(args.out, row)
+                settings = dataclasses.replace(seeded, evaluate=arms["default"].evaluate)
+                key = setup.preprocess[name], settings
+                if key not in trained:
+                    stamp = None if args.no_cache else setup.engines[name].stamp_path("preprocess")
+                    lent = setup.lent_digest.get(name)
+                    probas = held_out_probabilities(
+                        settings, data, setup.device, stamp, sides, lent
+                    )
+                    trained[key] = data, probas
+                data, proba = trained[key]
+                y = data.sides["test"].y.numpy()
+                classes = data.classes
+                predicted = decisions(seeded, data, proba)
+                pooled[name].append(predicted)
+                metrics = from_confusion(confusion(y, predicted, len(classes)), classes)
+                drawn.append((metrics["macro_f1"], [metrics[f"{c}_f1"] for c in classes]))
+            row[name] = statistics.mean(score for score, _ in drawn)
+            mean_f1 = np.mean([by_class for _, by_class in drawn], axis=0).tolist()
+            row[f"{name} F1"] = {c: round(f, 4) for c, f in zip(classes, mean_f1, strict=True)}
+            if len(seeds) > 1:
+                row[f"{name} by seed"] = [round(score, 4) for score, _ in drawn]
+        held = data.index.loc[data.sides["test"].rows, "patient"].to_numpy()
+        pooled["y"] += [y] * len(seeds)  # each seed's decisions against the same beats
+        pooled["patient"] += [held] * len(seeds)
+        rows.append(row)
+        scores = ", ".join(f"{name} {row[name]:.4f}" for name in arms)
+        log.say(f"outer {k} ({steps} / {own} steps): {scores}")
+        by_class = "; ".join(
+            f"{name} " + " ".join(f"{v:.3f}" for v in row[f"{name} F1"].values()) for name in arms
+        )
+        log.say(f"  F1 by class ({' '.join(classes)}): {by_class}")
+        if len(seeds) > 1:
+            each = "; ".join(
+                f"{name} " + " ".join(f"{v:.4f}" for v in row[f"{name} by seed"]) for name in arms
+            )
+            log.say(f"  by seed ({' '.join(map(str, seeds))}): {each}")
+        log.metrics(_split_metrics(row, arms, seeds), step=k)
+        append_line(args.out, row)
     means = {name: statistics.mean(r[name] for r in rows) for name in arms}
     gains = ", ".join(f"{name} - default {means[name] - means['default']:+.4f}" for name in names)
     log.say(f"mean: {', '.join(f'{name} {means[name]:.4f}' for name in arms)} ({gains})")
@@ -318,8 +386,8 @@ def _round(args, setup: Arms, log: RoundLog) -> None:
         log.say(line)
     log.metrics(values)
     if len(names) > 1:
-        for name, lever in zip(names, args.levers, strict=True):
-            log.say(f"{name}: {' '.join(lever)}")
+        for name in names:
+            log.say(f"{name}: {setup.described[name]}")
 
 
 def _split_metrics(row: dict, arms, seeds) -> dict[str, float]:
@@ -335,10 +403,12 @@ def _split_metrics(row: dict, arms, seeds) -> dict[str, float]:
     return values
 
 
-def held_out_probabilities(config, data, device, stamp: Path | None, sides) -> np.ndarray:
+def held_out_probabilities(
+    config, data, device, stamp: Path | None, sides, lent: str | None = None
+) -> np.ndarray:
     """``probabilities`` of one training, from the cache when that exact training ran before
     (``stamp``: the preprocess stage's stamp, whose output digest goes into the key; None: no
-    cache)."""
+    cache; ``lent``: the digest of pieces lent to the training side, which goes in too)."""
     if stamp is None or not stamp.is_file():
         return probabilities(config, data, False, device)
     key = hashlib.sha256()
@@ -349,6 +419,7 @@ def held_out_probabilities(config, data, device, stamp: Path | None, sides) -> n
         device.type,
         *(np.packbits(mask).tobytes().hex() for mask in sides),
         _source_digest(),
+        *([lent] if lent else []),
     ):
         key.update(str(part).encode())
     path = stamp.parent.parent / "refit_cache" / f"{key.hexdigest()[:32]}.npy"

@@ -379,3 +379,65 @@ def test_the_patient_curve_trains_each_share_on_drawn_patients_and_sums_up_split
     with pytest.raises(SystemExit):
         patient_curve.main()
     assert "shares of patients and of beats together" in capsys.readouterr().err
+
+
+PTB_BEATS = """
+download: {{database: ptbdb, version: fixtures, source: {source}}}
+signal: {{leads: [ii], fs: 128, workers: 1}}
+segment: {{task: mi_vs_healthy, kind: beats, r_peaks: gqrs, rr_average_s: {average}}}
+split: {{protocol: kfold, folds: 2, val_fraction: 0.5}}
+model: {{use_rr: false}}
+"""
+
+
+def test_lent_patients_train_every_split_and_are_never_held_out(tmp_path, monkeypatch, capsys):
+    """Another database's healthy controls join each training side as N beats; the held-out
+    sides, and so the scores, stay the default's own beats."""
+
+    from conftest import write_pipeline
+
+    path = _smoke_pipeline(tmp_path)
+    assert main(["run", "--config", str(path), "--until", "preprocess"]) == 0
+    fixtures = Path(__file__).resolve().parent / "fixtures" / "ptbdb"
+    lent = {}
+    for average in (60, 300):  # the smoke pipeline's RR average, and another
+        text = PTB_BEATS.format(source=fixtures, average=average)
+        ptb = write_pipeline(tmp_path / f"ptb{average}", "ptb", text)
+        assert main(["run", "--config", str(ptb), "--until", "preprocess"]) == 0
+        lent[average] = engine_for(load_config(ptb)).out_dir("preprocess")
+    _, theirs, _ = load_pieces(lent[60])
+    assert set(theirs["label"]) == {"healthy", "MI"}
+    trained = _stand_in(
+        monkeypatch,
+        record=lambda config, data: {
+            side: data.index.loc[data.sides[side].rows, ["patient", "label"]]
+            for side in ("train", "test")
+        },
+    )
+    argv = [str(path), "--outer", "0", "--folds", "2", "--refit-steps", "1", "--no-cache"]
+    lend_args = ["--lend", str(lent[60]), "--lend-as", "healthy=N"]
+    monkeypatch.setattr(sys, "argv", ["refit_lever.py", *argv, *lend_args])
+    refit_lever.main()
+    default, with_lent = trained
+    assert default["test"].equals(with_lent["test"])  # the same held-out beats, in order
+    extra = with_lent["train"].iloc[len(default["train"]) :]
+    assert with_lent["train"].iloc[: len(default["train"])].equals(default["train"])
+    assert set(extra["patient"]) == {"patient104", "patient105"}  # the controls, not the MI
+    assert (extra["label"] == "N").all()
+    assert len(extra) == (theirs["label"] == "healthy").sum()
+    out = capsys.readouterr().out
+    assert f"(lent: lend {len(extra)} pieces of 2 patients from {lent[60]} as healthy=N" in out
+    assert "lent - default" in out
+
+    for wrong, problem in (
+        (["--lend", str(lent[300]), "--lend-as", "healthy=N"], "segment.rr_average_s is 300.0"),
+        (["--lend", str(lent[60]), "--lend-as", "control=N"], "no label control"),
+        (["--lend", str(lent[60]), "--lend-as", "healthy=X"], "the default has no class X"),
+        (["--lend", str(lent[60])], "--lend and --lend-as go together"),
+        ([], "nothing to compare"),
+    ):
+        monkeypatch.setattr(sys, "argv", ["refit_lever.py", *argv, *wrong])
+        with pytest.raises(SystemExit):
+            refit_lever.main()
+        assert problem in capsys.readouterr().err
+    assert len(trained) == 2  # none of them trained
