@@ -205,6 +205,8 @@ def _arms(parser: argparse.ArgumentParser, args, scratch: Path) -> Arms:
         parser.error("nothing to compare: give --lever, --lend or both")
     if (args.lend is None) != (not args.lend_as):
         parser.error("--lend and --lend-as go together")
+    if any(not label or not cls for label, _, cls in (p.partition("=") for p in args.lend_as)):
+        parser.error(f"--lend-as: LABEL=CLASS pairs, not {' '.join(args.lend_as)}")
     mapping = dict(pair.partition("=")[::2] for pair in args.lend_as)
     lever_steps = args.lever_steps or args.refit_steps
     for name, counts in (("--refit-steps", args.refit_steps), ("--lever-steps", lever_steps)):

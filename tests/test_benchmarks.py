@@ -434,6 +434,7 @@ def test_lent_patients_train_every_split_and_are_never_held_out(tmp_path, monkey
         (["--lend", str(lent[60]), "--lend-as", "control=N"], "no label control"),
         (["--lend", str(lent[60]), "--lend-as", "healthy=X"], "the default has no class X"),
         (["--lend", str(lent[60])], "--lend and --lend-as go together"),
+        (["--lend", str(lent[60]), "--lend-as", "healthy"], "LABEL=CLASS pairs, not healthy"),
         ([], "nothing to compare"),
     ):
         monkeypatch.setattr(sys, "argv", ["refit_lever.py", *argv, *wrong])
