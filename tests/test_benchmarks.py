@@ -442,3 +442,13 @@ def test_lent_patients_train_every_split_and_are_never_held_out(tmp_path, monkey
             refit_lever.main()
         assert problem in capsys.readouterr().err
     assert len(trained) == 2  # none of them trained
+
+
+def test_detections_are_matched_to_reference_beats_within_150_ms_with_their_offsets():
+    import numpy as np
+
+    detectors = importlib.import_module("detectors")
+    score = detectors.scored(np.array([100, 200, 300]), np.array([98, 205, 500]), 128.0)
+    # 500 lies 200 samples from 300, past its 19-sample (150 ms) window: a miss and an extra
+    assert (score["tp"], score["fn"], score["fp"]) == (2, 1, 1)
+    assert score["offset"] == [-2, 5]
