@@ -167,7 +167,7 @@ def test_cut_beats_takes_a_local_template_over_seconds_of_the_kept_beats():
 @pytest.mark.parametrize("detector", ["xqrs", "gqrs"])
 def test_detected_r_peaks_lie_where_the_reference_beats_do(fixtures, detector):
     """A model learns beats centred where MIT-BIH's annotations put R; GQRS marks the QRS onset,
-    4.5 samples earlier at 128 Hz, so its beats would reach the model shifted by 35 ms."""
+    about 5 samples earlier at 128 Hz, so its beats would reach the model shifted by 39 ms."""
     from ecg.config import SignalConfig
     from ecg.databases import wfdb_io
     from ecg.preprocess import filtered
