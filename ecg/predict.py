@@ -180,7 +180,7 @@ def _read_edf(path: Path, leads: list[str], fs: float | None) -> Recording:
 
 
 def predict(
-    model: LoadedModel, recording: Recording, annotations: str | None = None, detector: str = "xqrs"
+    model: LoadedModel, recording: Recording, annotations: str | None = None, detector: str = "gqrs"
 ) -> tuple[pd.DataFrame, dict]:
     """Per-beat (or per-window) predictions and a record summary."""
     spec = model.spec
