@@ -3,8 +3,8 @@
 The model's own preprocessing travels with its weights (``spec`` in ``model.pt``): the same leads,
 filters, rate, window and RR features it was trained with, never typed again by hand. Input may be
 a WFDB record, an EDF file (read through wfdb) or a CSV with one column per lead and ``--fs``.
-R peaks come from the record's reference annotations (``--annotations atr``) or from wfdb's XQRS
-detector. Each output row carries its sample index at the input's own rate.
+R peaks come from the record's reference annotations (``--annotations atr``) or from wfdb's GQRS
+(or XQRS) detector. Each output row carries its sample index at the input's own rate.
 """
 
 from __future__ import annotations

@@ -452,3 +452,14 @@ def test_detections_are_matched_to_reference_beats_within_150_ms_with_their_offs
     # 500 lies 200 samples from 300, past its 19-sample (150 ms) window: a miss and an extra
     assert (score["tp"], score["fn"], score["fp"]) == (2, 1, 1)
     assert score["offset"] == [-2, 5]
+
+
+def test_detected_beats_pair_matches_misses_and_extras_with_the_reference_class():
+    import pandas as pd
+
+    detected_beats = importlib.import_module("detected_beats")
+    reference = pd.DataFrame({"sample": [100, 200, 300, 400], "reference": ["N", "S", "V", "Q"]})
+    detected = pd.DataFrame({"sample": [101, 290, 402, 700], "class": ["N", "N", "V", "S"]})
+    y, p = detected_beats.paired(reference, detected, 128.0, ["N", "S", "V", "F"])
+    # 101 and 290 match 100 and 300; 200 is missed; 402 matched Q and leaves with it; 700 is extra
+    assert list(zip(y, p, strict=True)) == [("N", "N"), ("V", "N"), ("S", "none"), ("none", "S")]
