@@ -12,7 +12,8 @@ reference beat no detection matched counts against its class's sensitivity; a de
 matches no reference beat counts against the positive predictivity of the class it was called.
 Reference beats of a class the model does not learn (Q), and the detections matched to them, are
 left out, as the evaluate stage leaves Q out; so are the reference beats too near a record's edge
-to classify, as there (a detection near an edge then counts as an extra one).
+to classify, as there (a detection near an edge then counts as an extra one). A detector named
+``gqrs:as-found`` is GQRS without the move to the largest deflection, as predict had it before.
 The model is the finished default, read on DS2 as the evaluate stage reads it: nothing here
 chooses a model.
 """
@@ -20,12 +21,14 @@ chooses a model.
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 from wfdb import processing
 
+from ecg.databases import wfdb_io
 from ecg.metrics import confusion, from_confusion
 from ecg.predict import load_model, predict, read_recording
 from ecg.split import DS2
@@ -56,12 +59,27 @@ def paired(reference, detected, fs: float, classes: list[str]) -> tuple[list[str
     return [y[i] for i in kept], [p[i] for i in kept]
 
 
+@contextlib.contextmanager
+def as_found(unmoved: bool):
+    """Detections as the detector gives them, not moved to the largest deflection: predict has no
+    switch for it (nobody should want it), so the move is swapped out while it runs."""
+    moved = wfdb_io.moved_to_r
+    if unmoved:
+        wfdb_io.moved_to_r = lambda x, found, fs: found
+    try:
+        yield
+    finally:
+        wfdb_io.moved_to_r = moved
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="model.pt, a training folder or models:/")
     parser.add_argument("--raw", type=Path, required=True, help="a folder of MIT-BIH records")
     parser.add_argument("--records", nargs="+", default=list(DS2))
-    parser.add_argument("--detectors", nargs="+", default=["gqrs", "xqrs"])
+    parser.add_argument(
+        "--detectors", nargs="+", default=["gqrs", "gqrs:as-found", "xqrs"], help="gqrs, xqrs"
+    )
     args = parser.parse_args()
     model = load_model(args.model)
     classes = list(model.spec["classes"])
@@ -74,7 +92,9 @@ def main() -> None:
         pairs["reference"][0].extend(learnt["reference"])
         pairs["reference"][1].extend(learnt["class"])
         for detector in args.detectors:
-            detected, _ = predict(model, recording, detector=detector)
+            name, _, how = detector.partition(":")
+            with as_found(how == "as-found"):
+                detected, _ = predict(model, recording, detector=name)
             y, p = paired(reference, detected, recording.fs, classes)
             pairs[detector][0].extend(y)
             pairs[detector][1].extend(p)
