@@ -25,16 +25,13 @@ import contextlib
 from pathlib import Path
 
 import numpy as np
+from detectors import compared
 from tqdm import tqdm
-from wfdb import processing
 
 from ecg.databases import wfdb_io
 from ecg.metrics import confusion, from_confusion
 from ecg.predict import load_model, predict, read_recording
 from ecg.split import DS2
-
-WINDOW_S = 0.15
-"""EC57's matching window for a detected beat."""
 
 NONE = "none"
 """A reference beat nobody classified, or a detection no reference beat has."""
@@ -46,9 +43,7 @@ def paired(reference, detected, fs: float, classes: list[str]) -> tuple[list[str
     reference beats outside ``classes`` and what was matched to them. ``reference`` and
     ``detected`` are predict's tables; the call on the reference beat is not used here."""
     truth = reference["reference"].to_numpy()
-    comparison = processing.compare_annotations(
-        reference["sample"].to_numpy(), detected["sample"].to_numpy(), round(WINDOW_S * fs)
-    )
+    comparison = compared(reference["sample"].to_numpy(), detected["sample"].to_numpy(), fs)
     called = detected["class"].to_numpy()
     matched = comparison.matching_sample_nums
     found = matched >= 0

@@ -30,17 +30,19 @@ from ecg.signal import rescale_samples
 WINDOW_S = 0.15
 """EC57's matching window for a detected beat."""
 
-FOUND = {
-    "xqrs": lambda x, fs: processing.xqrs_detect(x, fs=fs, verbose=False),
-    "gqrs": lambda x, fs: processing.gqrs_detect(x, fs=fs),
-}
+DETECTORS = ("xqrs", "gqrs")
+
+
+def compared(reference: np.ndarray, found: np.ndarray, fs: float):
+    """wfdb's match of detections to reference beats (both sample indices at ``fs``) within
+    ``WINDOW_S``."""
+    reference, found = (np.asarray(s, dtype=np.int64) for s in (reference, found))
+    return processing.compare_annotations(reference, found, round(WINDOW_S * fs))
 
 
 def scored(reference: np.ndarray, found: np.ndarray, fs: float) -> dict:
     """Matches, misses, extra detections and the matched ones' offsets in samples."""
-    comparison = processing.compare_annotations(
-        reference, np.asarray(found, dtype=np.int64), round(WINDOW_S * fs)
-    )
+    comparison = compared(reference, found, fs)
     matched = comparison.test_sample[comparison.matching_sample_nums[comparison.matched_ref_inds]]
     return {
         "tp": len(comparison.matched_ref_inds),
@@ -73,8 +75,8 @@ def main() -> None:
         samples, symbols, _ = wfdb_io.read_annotation_notes(path, "atr")
         beats = np.isin(symbols, list(AAMI_EC57))
         reference = rescale_samples(samples[beats], raw.fs, fs)
-        for detector, detect in FOUND.items():
-            found = np.asarray(detect(x, fs), dtype=np.int64)  # XQRS takes seconds: run once
+        for detector in DETECTORS:
+            found = wfdb_io.found_r_peaks(x, fs, detector)  # XQRS takes seconds: run once
             for kind, peaks in (("as found", found), ("moved", wfdb_io.moved_to_r(x, found, fs))):
                 score = scored(reference, peaks, fs)
                 total = totals.setdefault((detector, kind), {"tp": 0, "fn": 0, "fp": 0, "off": []})

@@ -189,6 +189,11 @@ def detect_r_peaks(x: np.ndarray, fs: float, detector: str) -> np.ndarray:
     """R peaks found by wfdb's own detectors (XQRS, or the faster GQRS) on one lead, each moved
     (``moved_to_r``) to where MIT-BIH's reference annotations lie and so where the beats a
     model learnt from are centred."""
+    return moved_to_r(x, found_r_peaks(x, fs, detector), fs)
+
+
+def found_r_peaks(x: np.ndarray, fs: float, detector: str) -> np.ndarray:
+    """The detector's own marks, before ``moved_to_r``."""
     from wfdb import processing
 
     if detector == "xqrs":
@@ -197,7 +202,7 @@ def detect_r_peaks(x: np.ndarray, fs: float, detector: str) -> np.ndarray:
         found = processing.gqrs_detect(x, fs=fs)
     else:
         raise ValueError(f"unknown R-peak detector {detector!r}")
-    return moved_to_r(x, np.asarray(found, dtype=np.int64), fs)
+    return np.asarray(found, dtype=np.int64)
 
 
 def moved_to_r(x: np.ndarray, found: np.ndarray, fs: float) -> np.ndarray:
