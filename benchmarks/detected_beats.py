@@ -87,9 +87,9 @@ def main() -> None:
         pairs["reference"][0].extend(learnt["reference"])
         pairs["reference"][1].extend(learnt["class"])
         for detector in args.detectors:
-            name, _, how = detector.partition(":")
+            found_by, _, how = detector.partition(":")
             with as_found(how == "as-found"):
-                detected, _ = predict(model, recording, detector=name)
+                detected, _ = predict(model, recording, detector=found_by)
             y, p = paired(reference, detected, recording.fs, classes)
             pairs[detector][0].extend(y)
             pairs[detector][1].extend(p)
