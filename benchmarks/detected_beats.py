@@ -28,6 +28,7 @@ import numpy as np
 from detectors import compared
 from tqdm import tqdm
 
+from ecg.config import DETECTORS
 from ecg.databases import wfdb_io
 from ecg.metrics import confusion, from_confusion
 from ecg.predict import load_model, predict, read_recording
@@ -73,7 +74,10 @@ def main() -> None:
     parser.add_argument("--raw", type=Path, required=True, help="a folder of MIT-BIH records")
     parser.add_argument("--records", nargs="+", default=list(DS2))
     parser.add_argument(
-        "--detectors", nargs="+", default=["gqrs", "gqrs:as-found", "xqrs"], help="gqrs, xqrs"
+        "--detectors",
+        nargs="+",
+        default=["gqrs", "gqrs:as-found", "xqrs"],
+        help=f"any of {', '.join(DETECTORS)}, each also as NAME:as-found (not moved to R)",
     )
     args = parser.parse_args()
     model = load_model(args.model)

@@ -21,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 from wfdb import processing
 
-from ecg.config import find_pipeline, load_config
+from ecg.config import DETECTORS, find_pipeline, load_config
 from ecg.databases import wfdb_io
 from ecg.labels import AAMI_EC57
 from ecg.preprocess import filtered
@@ -29,8 +29,6 @@ from ecg.signal import rescale_samples
 
 WINDOW_S = 0.15
 """EC57's matching window for a detected beat."""
-
-DETECTORS = ("xqrs", "gqrs")
 
 
 def compared(reference: np.ndarray, found: np.ndarray, fs: float):

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ecg import __version__
-from ecg.config import PipelineConfig, find_pipeline, load_config
+from ecg.config import DETECTORS, PipelineConfig, find_pipeline, load_config
 from ecg.engine import Stage
 from ecg.errors import EcgError
 from ecg.interrupts import interrupts_end_the_run
@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument(
         "--detector",
-        choices=("gqrs", "xqrs"),
+        choices=DETECTORS,
         default="gqrs",
         help="R-peak detector when there are no annotations (default gqrs: on MIT-BIH it "
         "misses and adds fewer beats than xqrs, benchmarks/detectors.py)",

@@ -115,6 +115,14 @@ class SignalConfig:
         _check(self.workers >= 1, "workers", "one or more processes")
 
 
+RPeaks = Literal["reference", "xqrs", "gqrs"]
+"""Where beats are centred: the reference annotations, or one of wfdb's detectors by name."""
+
+DETECTORS: tuple[str, ...] = tuple(name for name in get_args(RPeaks) if name != "reference")
+"""wfdb's R-peak detectors (``ecg.databases.wfdb_io.found_r_peaks``), named once here for the
+config, ``ecg predict --detector`` and the benchmarks."""
+
+
 @dataclass(frozen=True)
 class SegmentConfig:
     """How records become labelled pieces: beats around R peaks, or sliding windows."""
@@ -125,7 +133,7 @@ class SegmentConfig:
     """Beats: seconds kept before the R peak."""
     post_s: float = 0.45
     """Beats: seconds kept after the R peak."""
-    r_peaks: Literal["reference", "xqrs", "gqrs"] = "reference"
+    r_peaks: RPeaks = "reference"
     """Beats: reference annotations (MIT-BIH .atr) or R peaks found by a wfdb detector."""
     detector_lead: str = "ii"
     """Lead the R-peak detector runs on."""
