@@ -317,6 +317,12 @@ class TrainConfig:
     """Epochs without a better validation macro-F1 before the learning rate is multiplied by
     ``lr_factor``; without validation patients the rate stays as it is."""
     lr_factor: float = 0.5
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    """constant: the rate stays at ``lr`` (cut by ``lr_factor`` on validation plateaus, when there
+    are validation patients). cosine: it falls from ``lr`` to zero along half a cosine over the
+    run's ``epochs``, batch by batch (Loshchilov and Hutter 2017, without restarts), and no
+    plateau cuts it; early stopping on validation patients still ends a run early. The weight
+    average (``average_epochs``) then averages weights taken at ever smaller steps."""
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto: CUDA when there is a GPU, else CPU (not a param: it changes speed, not the model)."""

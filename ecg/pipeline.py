@@ -80,6 +80,7 @@ STAGES: tuple[Stage, ...] = (
             "train.patience",
             "train.lr_patience",
             "train.lr_factor",
+            "train.lr_schedule",
             "train.seed",
             "augment",
             "split.val_fraction",  # 0: no validation side, a fixed number of epochs

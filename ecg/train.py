@@ -343,9 +343,7 @@ def fit(
         )
     loss_fn = training_loss(train.y, groups, len(classes), cfg, device)
     optimizer = build_optimizer(trained, cfg)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="max", factor=cfg.lr_factor, patience=cfg.lr_patience
-    )
+    scheduler = build_scheduler(optimizer, cfg, len(train), rank, world)
     state = FitState()
     generator = torch.Generator().manual_seed(cfg.seed)
     if resume and checkpoint is not None and checkpoint.exists():
@@ -399,6 +397,8 @@ def fit(
             loss, adversary = training_step(
                 net, normalizer, loss_fn, optimizer, cfg, device, x, y, rr, group, target, factor
             )
+            if cfg.lr_schedule == "cosine":
+                scheduler.step()
             total_loss += loss.item() * len(idx)
             if adversary is not None:
                 adversary_total += adversary.item() * len(idx)
@@ -433,7 +433,8 @@ def fit(
                 state.best_weights = running_mean(state.best_weights, model.state_dict(), averaged)
         else:
             f1 = 0.0 if math.isnan(entry.val_macro_f1) else entry.val_macro_f1
-            scheduler.step(f1)
+            if cfg.lr_schedule == "constant":
+                scheduler.step(f1)
             if f1 > state.best_f1:
                 state.best_f1, state.best_epoch, state.bad_epochs = f1, epoch, 0
                 state.best_weights = {
@@ -585,6 +586,22 @@ def with_adversary(
         )
     hidden = model.lstm.hidden_size
     return WithAdversary(model, PatientAdversary(2 * hidden, hidden, n_patients)), targets
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, n_train: int, rank: int, world: int
+) -> torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau:
+    """The cosine schedule is stepped after every batch, so it needs the run's batch count up
+    front: ``epoch_order``'s length, this rank's share of it, in batches, times the epochs."""
+    if cfg.lr_schedule == "cosine":
+        drawn = cfg.samples_per_epoch or n_train
+        batches = math.ceil(len(range(rank, drawn, world)) / cfg.batch_size)
+        return torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=max(cfg.epochs * batches, 1)
+        )
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="max", factor=cfg.lr_factor, patience=cfg.lr_patience
+    )
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:

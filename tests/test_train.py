@@ -166,6 +166,33 @@ def test_without_validation_every_epoch_trains_at_one_rate_and_the_last_is_kept(
     assert (proba.argmax(axis=1) == test.y.numpy()).mean() > 0.95
 
 
+def test_cosine_schedule_falls_to_zero_by_batch_and_resumes_where_it_stopped(tmp_path):
+    """512 training beats in batches of 64 are 8 steps an epoch; after epoch e of 4 the rate is
+    lr * (1 + cos(pi * e / 4)) / 2, with or without validation patients (no plateau cut), and a
+    run stopped after its second epoch resumes on the same curve."""
+    cfg = dataclasses.replace(CFG, lr_schedule="cosine", lr_patience=0)
+    expected = [cfg.lr * (1 + math.cos(math.pi * e / 4)) / 2 for e in (1, 2, 3, 4)]
+    for validated in (True, False):
+        _, _, state = _fit(None, cfg, validated=validated)
+        assert [e["lr"] for e in state.history] == pytest.approx(expected, abs=1e-12)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(entry):
+        if entry.epoch == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        _fit(tmp_path, cfg, on_epoch=stop_after_two)
+    _, _, resumed = _fit(tmp_path, cfg, resume=True)
+    _, _, straight = _fit(None, cfg)
+    assert [e["lr"] for e in resumed.history] == pytest.approx(expected, abs=1e-12)
+    assert [e["val_macro_f1"] for e in resumed.history] == pytest.approx(
+        [e["val_macro_f1"] for e in straight.history]
+    )
+
+
 def test_checkpoint_is_loaded_without_unpickling(tmp_path):
     _fit(tmp_path, dataclasses.replace(CFG, epochs=1))
     payload = torch.load(tmp_path / "last.pt", weights_only=True)
