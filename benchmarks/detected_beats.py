@@ -68,6 +68,17 @@ def as_found(unmoved: bool):
         wfdb_io.moved_to_r = moved
 
 
+def detector_spec(text: str) -> str:
+    """``NAME`` or ``NAME:as-found``; anything else is refused before a record is read, so that a
+    typo in the suffix cannot pass as the moved detector in the table."""
+    name, colon, how = text.partition(":")
+    if name not in DETECTORS or (colon and how != "as-found"):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected one of {', '.join(DETECTORS)}, each also as NAME:as-found"
+        )
+    return text
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="model.pt, a training folder or models:/")
@@ -76,6 +87,7 @@ def main() -> None:
     parser.add_argument(
         "--detectors",
         nargs="+",
+        type=detector_spec,
         default=["gqrs", "gqrs:as-found", "xqrs"],
         help=f"any of {', '.join(DETECTORS)}, each also as NAME:as-found (not moved to R)",
     )

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ecg import __version__
-from ecg.config import DETECTORS, PipelineConfig, find_pipeline, load_config
+from ecg.config import DETECTORS, PREDICT_DETECTOR, PipelineConfig, find_pipeline, load_config
 from ecg.engine import Stage
 from ecg.errors import EcgError
 from ecg.interrupts import interrupts_end_the_run
@@ -94,9 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--detector",
         choices=DETECTORS,
-        default="gqrs",
-        help="R-peak detector when there are no annotations (default gqrs: on MIT-BIH it "
-        "misses and adds fewer beats than xqrs, benchmarks/detectors.py)",
+        default=PREDICT_DETECTOR,
+        help=f"R-peak detector when there are no annotations (default {PREDICT_DETECTOR}, the "
+        "one that misses and adds the fewest beats on MIT-BIH: benchmarks/detectors.py)",
     )
     predict.add_argument("--out", type=Path, help="per-beat CSV (a folder in batch mode)")
     predict.add_argument("--plot", type=Path, help="PNG strip of the first 20 s, beats coloured")

@@ -122,6 +122,10 @@ DETECTORS: tuple[str, ...] = tuple(name for name in get_args(RPeaks) if name != 
 """wfdb's R-peak detectors (``ecg.databases.wfdb_io.found_r_peaks``), named once here for the
 config, ``ecg predict --detector`` and the benchmarks."""
 
+PREDICT_DETECTOR = "gqrs"
+"""The detector ``ecg predict`` uses when a recording has no beat annotations: on MIT-BIH it misses
+and adds fewer beats than XQRS (``benchmarks/detectors.py``)."""
+
 
 @dataclass(frozen=True)
 class SegmentConfig:

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ecg.config import SegmentConfig, SignalConfig, build
+from ecg.config import PREDICT_DETECTOR, SegmentConfig, SignalConfig, build
 from ecg.databases import wfdb_io
 from ecg.errors import EcgError, first_line
 from ecg.labels import AAMI_EC57
@@ -180,7 +180,10 @@ def _read_edf(path: Path, leads: list[str], fs: float | None) -> Recording:
 
 
 def predict(
-    model: LoadedModel, recording: Recording, annotations: str | None = None, detector: str = "gqrs"
+    model: LoadedModel,
+    recording: Recording,
+    annotations: str | None = None,
+    detector: str = PREDICT_DETECTOR,
 ) -> tuple[pd.DataFrame, dict]:
     """Per-beat (or per-window) predictions and a record summary."""
     spec = model.spec

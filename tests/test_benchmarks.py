@@ -463,3 +463,17 @@ def test_detected_beats_pair_matches_misses_and_extras_with_the_reference_class(
     y, p = detected_beats.paired(reference, detected, 128.0, ["N", "S", "V", "F"])
     # 101 and 290 match 100 and 300; 200 is missed; 402 matched Q and leaves with it; 700 is extra
     assert list(zip(y, p, strict=True)) == [("N", "N"), ("V", "N"), ("S", "none"), ("none", "S")]
+
+
+@pytest.mark.parametrize("wrong", ["gqr", "gqrs:asfound", "xqrs:", "reference"])
+def test_detected_beats_refuses_a_detector_it_does_not_know_before_reading_a_record(
+    monkeypatch, capsys, wrong
+):
+    """A mistyped suffix once ran as the moved detector under the mistyped name."""
+    detected_beats = importlib.import_module("detected_beats")
+    monkeypatch.setattr(detected_beats, "load_model", lambda path: pytest.fail("read a model"))
+    argv = ["detected_beats.py", "--model", "m.pt", "--raw", ".", "--detectors", "xqrs", wrong]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit):
+        detected_beats.main()
+    assert repr(wrong) in capsys.readouterr().err
