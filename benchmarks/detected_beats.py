@@ -111,7 +111,8 @@ def main() -> None:
             pairs[detector][1].extend(p)
     print(f"{len(args.records)} records of {args.raw}, model {args.model}")
     by_class = "  ".join(f"{c} F1" for c in classes)
-    print(f"beats       reference  missed  extra  macro-F1  {by_class}")
+    width = max(len(kind) for kind in pairs)  # "gqrs:as-found" is wider than "beats"
+    print(f"{'beats':<{width}} {'reference':>10}  missed  extra  macro-F1  {by_class}")
     for kind, (y, p) in pairs.items():
         y_id = np.array([labels.index(c) for c in y])
         p_id = np.array([labels.index(c) for c in p])
@@ -119,7 +120,7 @@ def main() -> None:
         f1 = [metrics[f"{c}_f1"] for c in classes]
         missed, extra = int(np.sum(p_id == len(classes))), int(np.sum(y_id == len(classes)))
         print(
-            f"{kind:<10} {int(np.sum(y_id < len(classes))):>10,} {missed:>7,} {extra:>6,}"
+            f"{kind:<{width}} {int(np.sum(y_id < len(classes))):>10,} {missed:>7,} {extra:>6,}"
             f"  {np.nanmean(f1):8.3f}  " + "  ".join(f"{v:4.3f}" for v in f1)
         )
 
