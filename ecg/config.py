@@ -326,7 +326,9 @@ class TrainConfig:
     are validation patients). cosine: it falls from ``lr`` to zero along half a cosine over the
     run's ``epochs``, batch by batch (Loshchilov and Hutter 2017, without restarts), and no
     plateau cuts it; early stopping on validation patients still ends a run early. The weight
-    average (``average_epochs``) then averages weights taken at ever smaller steps."""
+    average (``average_epochs``) then averages weights taken at ever smaller steps. Nested in DS1
+    it was 0.018 behind the constant rate (0.020 without the average), nearly all of it F where
+    208 is held out (``benchmarks/quality.md``, sixty-fourth round)."""
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto: CUDA when there is a GPU, else CPU (not a param: it changes speed, not the model)."""
