@@ -288,8 +288,8 @@ class TrainConfig:
     average_epochs: int = 1
     """Without validation patients: keep the mean of the weights after each of the last
     ``average_epochs`` epochs instead of the last epoch's (stochastic weight averaging, Izmailov
-    et al. 2018, apt here because the learning rate is constant). 1: the last epoch's weights.
-    With validation patients it does nothing: early stopping keeps the best epoch."""
+    et al. 2018, apt under the constant rate, ``lr_schedule: constant``). 1: the last epoch's
+    weights. With validation patients it does nothing: early stopping keeps the best epoch."""
     precision: Literal["fp32", "bf16"] = "fp32"
     """bf16: the training forward passes under bfloat16 autocast (weights, loss and evaluation
     stay fp32). Faster on CPUs with bf16 units, slower on others and on an H200
@@ -319,7 +319,8 @@ class TrainConfig:
     patients, ``split.val_fraction: 0``: then every epoch runs and the last is kept)."""
     lr_patience: int = 2
     """Epochs without a better validation macro-F1 before the learning rate is multiplied by
-    ``lr_factor``; without validation patients the rate stays as it is."""
+    ``lr_factor``; without validation patients, or under ``lr_schedule: cosine``, nothing cuts it
+    on a plateau."""
     lr_factor: float = 0.5
     lr_schedule: Literal["constant", "cosine"] = "constant"
     """constant: the rate stays at ``lr`` (cut by ``lr_factor`` on validation plateaus, when there
