@@ -273,9 +273,15 @@ class FitState:
     ``train_members`` for the report to count."""
 
 
+def pieces_per_epoch(cfg: TrainConfig, n_train: int) -> int:
+    """One place for an epoch's length, which ``build_scheduler`` must know before the first
+    epoch is drawn: ``samples_per_epoch`` pieces, or one pass over the training side when 0."""
+    return cfg.samples_per_epoch or n_train
+
+
 def epoch_order(train: Side, cfg: TrainConfig, generator: torch.Generator) -> torch.Tensor:
     """Indices of the pieces to visit this epoch: a shuffle, or a class-balanced draw."""
-    n = cfg.samples_per_epoch or len(train)
+    n = pieces_per_epoch(cfg, len(train))
     if cfg.sampler == "shuffle":
         order = torch.randperm(len(train), generator=generator)
         if n > len(train):
@@ -592,10 +598,11 @@ def build_scheduler(
     optimizer: torch.optim.Optimizer, cfg: TrainConfig, n_train: int, rank: int, world: int
 ) -> torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau:
     """The cosine schedule is stepped after every batch, so it needs the run's batch count up
-    front: ``epoch_order``'s length, this rank's share of it, in batches, times the epochs."""
+    front: an epoch's pieces, this rank's share of them (as ``fit`` slices the order), in
+    batches, times the epochs."""
     if cfg.lr_schedule == "cosine":
-        drawn = cfg.samples_per_epoch or n_train
-        batches = math.ceil(len(range(rank, drawn, world)) / cfg.batch_size)
+        share = len(range(pieces_per_epoch(cfg, n_train))[rank::world])
+        batches = math.ceil(share / cfg.batch_size)
         return torch.optim.lr_scheduler.CosineAnnealingLR(
             optimizer, T_max=max(cfg.epochs * batches, 1)
         )
