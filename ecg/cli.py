@@ -103,12 +103,19 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--tracking-uri", metavar="URI", help="MLflow store for models:/ URIs")
     predict.set_defaults(handler=cmd_predict)
 
-    export = commands.add_parser("export", help="a trained model as TorchScript (and ONNX)")
+    export = commands.add_parser(
+        "export", help="a trained model as a torch.export program (or TorchScript, ONNX)"
+    )
     export.add_argument(
         "--model", required=True, help="model.pt, a training output folder, or models:/NAME/VERSION"
     )
     export.add_argument("--out", type=Path, required=True, help="folder to write into")
-    export.add_argument("--format", default="torchscript", help="torchscript and/or onnx")
+    export.add_argument(
+        "--format",
+        default="exported",
+        help="exported (model.pt2, torch.export), torchscript (deprecated by torch 2.13), onnx; "
+        "comma-separated",
+    )
     export.add_argument("--tracking-uri", metavar="URI", help="MLflow store for models:/ URIs")
     export.set_defaults(handler=cmd_export)
 

@@ -1,5 +1,6 @@
-"""`ecg export`: a trained model as TorchScript (and ONNX when the onnx package is installed),
-with its preprocessing description beside it, for use outside Python's ecg package."""
+"""`ecg export`: a trained model as a ``torch.export`` program (and TorchScript or ONNX when
+asked), with its preprocessing description beside it, for use outside Python's ecg package.
+Each file is written whole or not at all (``ecg.atomic``)."""
 
 from __future__ import annotations
 
@@ -11,15 +12,22 @@ from pathlib import Path
 
 import torch
 
+from ecg.atomic import atomic_path, write_text_atomic
 from ecg.errors import EcgError
 from ecg.model import PackagedClassifier
 from ecg.predict import LoadedModel
 
 log = logging.getLogger("ecg")
 
+FILE_OF = {"exported": "model.pt2", "torchscript": "model.torchscript.pt", "onnx": "model.onnx"}
+
+# torch 2.13's exporters warn about their own internals: helpers they deprecated and still call,
+# and the LSTM's flat weights they reassign while tracing. These say nothing about the file (the
+# export tests compare its outputs with the model's at another batch size), so only these are
+# hidden; any other warning still shows.
 _EXPORTER_OWN_WARNINGS = (
     r"_check_is_size will be removed",
-    r"The tensor attributes self\.classifier\.lstm\._flat_weights",
+    r"The tensor attributes self\.classifier\..*lstm\._flat_weights",  # each member's, in turn
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",
 )
 
@@ -37,9 +45,10 @@ def example_input(model: LoadedModel, batch: int = 2) -> torch.Tensor:
 
 
 def export(model: LoadedModel, out: Path, formats: list[str]) -> list[Path]:
-    unknown = [f for f in formats if f not in ("torchscript", "onnx")]
-    if unknown:
-        raise EcgError(f"--format {','.join(unknown)}: expected torchscript and/or onnx")
+    unknown = [f for f in formats if f not in FILE_OF]
+    if unknown or not formats:
+        named = ",".join(unknown) or "(none)"
+        raise EcgError(f"--format {named}: expected one or more of {', '.join(FILE_OF)}")
     if "onnx" in formats:
         # torch's ONNX exporter needs onnxscript as well as onnx (measured with torch 2.13: with
         # onnx alone it fails with ModuleNotFoundError deep inside torch.onnx).
@@ -52,38 +61,34 @@ def export(model: LoadedModel, out: Path, formats: list[str]) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     module = packaged(model)
     example = example_input(model)
+    beats = torch.export.Dim("beats")  # any batch size, one included
     written = []
-    if "torchscript" in formats:
-        with torch.no_grad(), warnings.catch_warnings():
-            # The LSTM's hidden-size check becomes a constant in the trace; the batch size does
-            # not (the export test feeds another batch size and compares outputs).
-            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-            traced = torch.jit.trace(module, example)
-        path = out / "model.torchscript.pt"
-        traced.save(str(path))
-        written.append(path)
-    if "onnx" in formats:
-        path = out / "model.onnx"
-        with warnings.catch_warnings():
-            # torch 2.13's exporter warns about its own internals: helpers it deprecated and
-            # still calls, and the LSTM's flat weights it reassigns while tracing. They say
-            # nothing about the file (the export test compares its outputs with the model's at
-            # another batch size), so only these are hidden; any other warning still shows.
+    for fmt in (f for f in FILE_OF if f in formats):
+        path = out / FILE_OF[fmt]
+        with atomic_path(path) as tmp, torch.no_grad(), warnings.catch_warnings():
             for message in _EXPORTER_OWN_WARNINGS:
                 warnings.filterwarnings("ignore", message=message)
-            torch.onnx.export(
-                module,
-                (example,),
-                str(path),
-                input_names=["packed"],
-                output_names=["probabilities"],
-                dynamic_shapes=({0: torch.export.Dim("beats")},),
-                external_data=False,  # one file: the weights are small, and a lone .onnx is whole
-                verbose=False,
-            )
+            if fmt == "exported":
+                program = torch.export.export(module, (example,), dynamic_shapes=({0: beats},))
+                with tmp.open("wb") as f:  # a file object: a path must end in .pt2, tmp's does not
+                    torch.export.save(program, f)
+            elif fmt == "torchscript":
+                _trace(module, example).save(str(tmp))
+            else:
+                torch.onnx.export(
+                    module,
+                    (example,),
+                    str(tmp),
+                    input_names=["packed"],
+                    output_names=["probabilities"],
+                    dynamic_shapes=({0: beats},),
+                    external_data=False,  # one file: the weights are small, a lone .onnx is whole
+                    verbose=False,
+                )
         written.append(path)
     spec_path = out / "spec.json"
-    spec_path.write_text(
+    write_text_atomic(
+        spec_path,
         json.dumps(
             {
                 **model.spec,
@@ -93,7 +98,22 @@ def export(model: LoadedModel, out: Path, formats: list[str]) -> list[Path]:
                 "output": "class probabilities in the order of 'classes'",
             },
             indent=1,
-        )
+        ),
     )
     written.append(spec_path)
     return written
+
+
+def _trace(module: torch.nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
+    """TorchScript, kept for users who load it from C++ (LibTorch). torch 2.13 deprecates
+    ``torch.jit``; its three warnings become one that names the replacement."""
+    log.warning(
+        "TorchScript is deprecated in torch 2.13 (torch.jit.trace and torch.jit.load warn); "
+        "--format exported writes its replacement, a torch.export program (model.pt2)"
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning, message=r".*torch\.jit")
+        # The LSTM's hidden-size check becomes a constant in the trace; the batch size does not
+        # (the export test feeds another batch size and compares outputs).
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        return torch.jit.trace(module, example)

@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -144,15 +145,43 @@ def test_predict_with_an_mlflow_model_uri(project, capsys):
     assert json.loads(capsys.readouterr().out)["pieces"] > 100
 
 
-def test_torchscript_export_gives_the_same_outputs(model_path, tmp_path):
+def test_exported_program_gives_the_same_outputs_at_any_batch_size(model_path, tmp_path):
     model = load_model(str(model_path))
-    written = export(model, tmp_path, ["torchscript"])
+    written = export(model, tmp_path, ["exported"])
+    assert [p.name for p in written] == ["model.pt2", "spec.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt2", "spec.json"]
+    program = torch.export.load(str(written[0])).module()
+    for batch in (1, 16):  # the export's example has 2
+        x = example_input(model, batch=batch)
+        with torch.no_grad():
+            torch.testing.assert_close(program(x), packaged(model)(x), rtol=1e-5, atol=1e-6)
+    spec = json.loads((tmp_path / "spec.json").read_text())
+    assert spec["classes"] == ["N", "S", "V", "F"] and spec["signal"]["fs"] == 128.0
+
+
+@pytest.mark.filterwarnings(r"ignore:`torch\.jit\.load` is deprecated:DeprecationWarning")
+def test_torchscript_export_gives_the_same_outputs_and_one_warning(model_path, tmp_path, caplog):
+    model = load_model(str(model_path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)  # torch's own are turned into ours
+        written = export(model, tmp_path, ["torchscript"])
+    assert [r.message for r in caplog.records if "TorchScript is deprecated" in r.message]
     scripted = torch.jit.load(str(written[0]))
     x = example_input(model, batch=16)
     with torch.no_grad():
         torch.testing.assert_close(scripted(x), packaged(model)(x), rtol=1e-5, atol=1e-6)
-    spec = json.loads((tmp_path / "spec.json").read_text())
-    assert spec["classes"] == ["N", "S", "V", "F"] and spec["signal"]["fs"] == 128.0
+
+
+def test_ecg_export_writes_the_exported_program_by_default(model_path, tmp_path, capsys):
+    assert main(["export", "--model", str(model_path), "--out", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out.split()
+    assert [Path(p).name for p in printed] == ["model.pt2", "spec.json"]
+
+
+def test_export_names_an_unknown_format_before_writing(model_path, tmp_path):
+    with pytest.raises(EcgError, match=r"--format pt: expected one or more of exported, "):
+        export(load_model(str(model_path)), tmp_path / "out", ["exported", "pt"])
+    assert not (tmp_path / "out").exists()
 
 
 def test_onnx_export_gives_the_same_outputs_in_one_file(model_path, tmp_path):
@@ -297,6 +326,9 @@ def test_record_shorter_than_one_window(model_path, tmp_path, capsys):
     assert out.read_text() == "earlier results\n"  # nothing already computed is damaged
 
 
+# The hostile file is pickled at the highest protocol on purpose; torch warns about that protocol
+# before it refuses the file, which is what the test checks.
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol 5 in the checkpoint")
 def test_a_model_file_that_is_not_a_checkpoint_is_never_unpickled(tmp_path, capsys):
     marker = tmp_path / "pwned"
 
