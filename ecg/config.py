@@ -311,6 +311,11 @@ class TrainConfig:
     with 0 nested in DS1 (``benchmarks/quality.md``, twenty-first round)."""
     sampler: Literal["shuffle", "balanced"] = "shuffle"
     """balanced: draw every class equally often (with replacement)."""
+    patient_balance: float = 0.0
+    """Within each class, draw patients more evenly (with replacement): a patient's share of the
+    class's draws goes as ``n ** (1 - patient_balance)``, ``n`` its pieces of that class; 0: as
+    many as it holds (a plain shuffle), 1: every patient with the class equally. Each class keeps
+    its share, so class weights act as before (``ecg.train.draw_weights``)."""
     samples_per_epoch: int = 0
     """Pieces drawn per epoch; 0 means as many as the training set holds."""
     clip_grad_norm: float = 1.0
@@ -351,6 +356,11 @@ class TrainConfig:
             "0 (no ceiling) or at least 1 (times the most frequent class's weight)",
         )
         _check(self.patient_adversary >= 0, "patient_adversary", "0 (none) or a positive weight")
+        _check(
+            0 <= self.patient_balance <= 1,
+            "patient_balance",
+            "an exponent in [0, 1]: 0 draws patients as they come, 1 evenly within each class",
+        )
         _check(
             1 <= self.average_epochs <= self.epochs,
             "average_epochs",

@@ -75,6 +75,7 @@ STAGES: tuple[Stage, ...] = (
             "train.focal_gamma",
             "train.label_smoothing",
             "train.sampler",
+            "train.patient_balance",
             "train.samples_per_epoch",
             "train.clip_grad_norm",
             "train.patience",

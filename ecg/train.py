@@ -279,18 +279,44 @@ def pieces_per_epoch(cfg: TrainConfig, n_train: int) -> int:
     return cfg.samples_per_epoch or n_train
 
 
-def epoch_order(train: Side, cfg: TrainConfig, generator: torch.Generator) -> torch.Tensor:
-    """Indices of the pieces to visit this epoch: a shuffle, or a class-balanced draw."""
+def epoch_order(
+    train: Side,
+    cfg: TrainConfig,
+    generator: torch.Generator,
+    patients: np.ndarray | None = None,
+) -> torch.Tensor:
+    """Indices of the pieces to visit this epoch: a shuffle, or a draw by ``draw_weights``."""
     n = pieces_per_epoch(cfg, len(train))
-    if cfg.sampler == "shuffle":
+    if cfg.sampler == "shuffle" and not cfg.patient_balance:
         order = torch.randperm(len(train), generator=generator)
         if n > len(train):
             extra = torch.randint(len(train), (n - len(train),), generator=generator)
             order = torch.cat([order, extra])
         return order[:n]
-    counts = torch.bincount(train.y)
-    weights = (1.0 / counts.double().clamp_min(1))[train.y]
+    weights = draw_weights(train.y, patients, cfg)
     return torch.multinomial(weights, n, replacement=True, generator=generator)
+
+
+def draw_weights(y: torch.Tensor, patients: np.ndarray | None, cfg: TrainConfig) -> torch.Tensor:
+    """Each piece's chance of being drawn. A class gets its own share of the draws (under
+    ``sampler: balanced`` an equal one), so class weights mean what they meant; within the class
+    a patient's share goes as ``n ** (1 - patient_balance)``, ``n`` its pieces of that class.
+    Why: DS1's S beats are mostly one patient's (209), and a model that learns S as 209's S
+    beats meets other patients' S beats as strangers."""
+    counts = torch.bincount(y).double()
+    weights = torch.ones(len(y), dtype=torch.float64)
+    if cfg.patient_balance:
+        if patients is None or len(patients) != len(y):
+            raise EcgError(
+                "train.patient_balance: training needs each training piece's patient "
+                f"({0 if patients is None else len(patients)} given for {len(y)} pieces)"
+            )
+        _, patient = np.unique(patients, return_inverse=True)
+        cell = torch.from_numpy(patient.astype(np.int64)) * len(counts) + y
+        weights = torch.bincount(cell).double()[cell] ** -cfg.patient_balance
+    class_mass = torch.ones_like(counts) if cfg.sampler == "balanced" else counts
+    in_class = torch.zeros_like(counts).index_add_(0, y, weights).clamp_min(1e-12)
+    return (class_mass / in_class)[y] * weights
 
 
 @torch.no_grad()
@@ -370,7 +396,7 @@ def fit(
         epoch = state.epoch + 1
         started = time.perf_counter()
         net.train()
-        order = epoch_order(train, cfg, generator)[rank::world]
+        order = epoch_order(train, cfg, generator, patients)[rank::world]
         if on_device:
             order = order.to(device)
         batches = range(0, len(order), cfg.batch_size)

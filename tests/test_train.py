@@ -27,6 +27,8 @@ from ecg.pipeline import STAGES
 from ecg.train import (
     class_weights,
     draw_patients,
+    draw_weights,
+    epoch_order,
     fit,
     fit_normalizer,
     fold_prior,
@@ -542,6 +544,46 @@ def test_draw_patients_takes_whole_patients_by_the_seed():
     draws = {tuple(sorted(set(patients[draw_patients(patients, 0.5, s)]))) for s in range(10)}
     assert len(draws) > 1
     assert draw_patients(patients, 0.01, seed=0).any()  # at least one patient
+
+
+# Two classes over three patients: class 0 mostly p1's, class 1 all p2's and p3's, 8 to 2.
+_Y = torch.tensor([0] * 10 + [0] * 2 + [1] * 8 + [1] * 2)
+_PATIENTS = np.array(["p1"] * 10 + ["p2"] * 2 + ["p2"] * 8 + ["p3"] * 2)
+
+
+def _mass(weights, y, patients):
+    """Total draw weight by (class, patient), as a share of all of it."""
+    frame = pd.DataFrame({"y": y.numpy(), "patient": patients, "w": weights.numpy()})
+    return (frame.groupby(["y", "patient"])["w"].sum() / frame["w"].sum()).to_dict()
+
+
+def test_patient_balance_evens_patients_within_a_class_and_keeps_the_class_shares():
+    even = draw_weights(_Y, _PATIENTS, dataclasses.replace(CFG, patient_balance=1.0))
+    mass = _mass(even, _Y, _PATIENTS)
+    assert mass[(0, "p1")] == pytest.approx(mass[(0, "p2")]) == pytest.approx(12 / 22 / 2)
+    assert mass[(1, "p2")] == pytest.approx(mass[(1, "p3")]) == pytest.approx(10 / 22 / 2)
+    half = _mass(
+        draw_weights(_Y, _PATIENTS, dataclasses.replace(CFG, patient_balance=0.5)), _Y, _PATIENTS
+    )
+    assert half[(0, "p1")] / half[(0, "p2")] == pytest.approx((10 / 2) ** 0.5)
+    assert half[(0, "p1")] + half[(0, "p2")] == pytest.approx(12 / 22)
+    plain = draw_weights(_Y, _PATIENTS, CFG)  # 0: every piece alike, as a shuffle draws them
+    np.testing.assert_allclose(plain.numpy(), plain[0].item())
+    balanced = draw_weights(_Y, None, dataclasses.replace(CFG, sampler="balanced"))
+    assert _mass(balanced, _Y, _PATIENTS)[(0, "p1")] == pytest.approx(0.5 * 10 / 12)
+
+
+def test_a_patient_balanced_epoch_draws_a_small_patients_pieces_more_often():
+    cfg = dataclasses.replace(CFG, patient_balance=1.0, samples_per_epoch=22_000)
+    side = Side(torch.zeros(len(_Y), 3, 1), None, _Y, np.arange(len(_Y)))
+    order = epoch_order(side, cfg, torch.Generator().manual_seed(0), _PATIENTS)
+    drawn = np.bincount(order.numpy(), minlength=len(_Y))
+    assert drawn[20:].mean() / drawn[12:20].mean() == pytest.approx(4, rel=0.1)  # 8 to 2 pieces
+    assert drawn[:12].sum() / len(order) == pytest.approx(12 / 22, abs=0.01)
+    with pytest.raises(EcgError, match="train.patient_balance: training needs each"):
+        epoch_order(side, cfg, torch.Generator(), None)
+    with pytest.raises(ValueError, match=r"patient_balance: an exponent in \[0, 1\]"):
+        TrainConfig(patient_balance=1.5)
 
 
 def test_bagged_members_each_train_on_their_own_patients(tmp_path, caplog):
