@@ -315,7 +315,9 @@ class TrainConfig:
     """Within each class, draw patients more evenly (with replacement): a patient's share of the
     class's draws goes as ``n ** (1 - patient_balance)``, ``n`` its pieces of that class; 0: as
     many as it holds (a plain shuffle), 1: every patient with the class equally. Each class keeps
-    its share, so class weights act as before (``ecg.train.draw_weights``)."""
+    its share, so class weights act as before (``ecg.train.draw_weights``). Nested in DS1, 0.5
+    was +0.005 and 1 +0.003, both with the gain on the side that holds 208 out and level or behind
+    on the other four (``benchmarks/quality.md``, seventieth and seventy-first rounds)."""
     samples_per_epoch: int = 0
     """Pieces drawn per epoch; 0 means as many as the training set holds."""
     clip_grad_norm: float = 1.0
