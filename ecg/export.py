@@ -106,7 +106,8 @@ def export(model: LoadedModel, out: Path, formats: list[str]) -> list[Path]:
 
 def _trace(module: torch.nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
     """TorchScript, kept for users who load it from C++ (LibTorch). torch 2.13 deprecates
-    ``torch.jit``; its three warnings become one that names the replacement."""
+    ``torch.jit``: the two warnings it gives while tracing become one that names the replacement
+    (``torch.jit.load`` still warns wherever the file is loaded)."""
     log.warning(
         "TorchScript is deprecated in torch 2.13 (torch.jit.trace and torch.jit.load warn); "
         "--format exported writes its replacement, a torch.export program (model.pt2)"
